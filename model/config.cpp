@@ -1,0 +1,2 @@
+#include "model/config.h"
+namespace mlaforge {}
