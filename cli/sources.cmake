@@ -1,2 +1,6 @@
 target_sources(mlaforge_torch PRIVATE
+  ${CMAKE_CURRENT_LIST_DIR}/common.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/cmd_eval.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/cmd_generate.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/cmd_inspect.cpp
 )

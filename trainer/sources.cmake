@@ -1,2 +1,1 @@
-target_sources(mlaforge_torch PRIVATE
-)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/evaluate.cpp)

@@ -1,0 +1,136 @@
+#include "model/decoder.h"
+
+#include "core/error.h"
+#include "model/weight_names.h"
+
+namespace mlaforge {
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
+  const bool gemma = c.family == Family::gemma2;
+  attn_norm = register_module("attn_norm", RMSNorm(c.hidden_size, c.rms_norm_eps, gemma));
+  mlp_norm = register_module("mlp_norm", RMSNorm(c.hidden_size, c.rms_norm_eps, gemma));
+  if (gemma) {
+    attn_post_norm = register_module("attn_post_norm", RMSNorm(c.hidden_size, c.rms_norm_eps, true));
+    mlp_post_norm = register_module("mlp_post_norm", RMSNorm(c.hidden_size, c.rms_norm_eps, true));
+  }
+  MLA_CHECK(!c.is_mla(), "MLA attention is built by the converter's model (not yet available)");
+  attn = register_module("attn", GQAAttention(c, layer));
+  if (c.is_moe()) {
+    moe = register_module("moe", SparseMoE(c));
+  } else {
+    mlp = register_module("mlp", GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, c.mlp_bias));
+  }
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache) {
+  auto h = attn(attn_norm(x), ctx, cache);
+  if (attn_post_norm) h = attn_post_norm(h);
+  auto y = x + h;
+  h = mlp_norm(y);
+  h = moe ? moe(h) : mlp(h);
+  if (mlp_post_norm) h = mlp_post_norm(h);
+  return y + h;
+}
+
+DecoderImpl::DecoderImpl(const ModelConfig& c) : config_(c) {
+  embed = register_module("embed", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, i));
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, c.family == Family::gemma2));
+  if (!c.tie_word_embeddings)
+    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, c.vocab_size).bias(false)));
+}
+
+torch::Tensor DecoderImpl::hidden(const torch::Tensor& tokens, const ForwardOptions& options) {
+  MLA_CHECK(tokens.dim() == 2, "tokens must be (batch, time), got ", tokens.dim(), " dims");
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const int64_t past = options.cache ? options.cache->length() : 0;
+  torch::Tensor positions = options.positions;
+  if (!positions.defined())
+    positions = (torch::arange(T, tokens.options().dtype(torch::kInt64)) + past).unsqueeze(0).expand({B, T});
+  const int64_t rope_dim = config_.is_mla() ? config_.qk_rope_head_dim : config_.head_dim;
+  AttentionContext ctx =
+      build_attention_context(config_, rope_dim, positions, options.segment_ids, options.key_valid, past);
+
+  auto x = embed(tokens);  // (B, T, D)
+  if (config_.family == Family::gemma2) {
+    // Gemma multiplies by sqrt(D) rounded to the activation dtype, as transformers does.
+    x = x * torch::tensor(config_.embedding_multiplier(), x.options()).to(x.dtype());
+  }
+  for (const auto& layer : *layers) x = layer->as<DecoderLayerImpl>()->forward(x, ctx, options.cache);
+  if (options.cache) options.cache->advance(T);
+  return norm(x);
+}
+
+torch::Tensor DecoderImpl::logits_from_hidden(const torch::Tensor& h) {
+  auto logits = lm_head ? lm_head(h) : torch::nn::functional::linear(h, embed->weight);
+  if (config_.final_logit_softcapping) {
+    const double cap = *config_.final_logit_softcapping;
+    logits = torch::tanh(logits / cap) * cap;
+  }
+  return logits;
+}
+
+torch::Tensor DecoderImpl::forward(const torch::Tensor& tokens, const ForwardOptions& options) {
+  return logits_from_hidden(hidden(tokens, options));
+}
+
+torch::Tensor DecoderImpl::aux_loss() const {
+  // transformers concatenates every layer's router logits before computing the loss, so the two factors
+  // are averaged over layers first (every layer routes the same tokens) and multiplied afterwards.
+  std::vector<torch::Tensor> fractions, probs;
+  for (const auto& layer : *layers) {
+    auto l = layer->as<DecoderLayerImpl>();
+    if (l->moe && l->moe->last_router_prob.defined()) {
+      fractions.push_back(l->moe->last_expert_fraction);
+      probs.push_back(l->moe->last_router_prob);
+    }
+  }
+  if (probs.empty()) return torch::zeros({});
+  const auto num_experts = static_cast<double>(probs.front().size(0));
+  return (torch::stack(fractions).mean(0) * torch::stack(probs).mean(0)).sum() * num_experts;
+}
+
+void load_weights(DecoderImpl& model, const StateDict& weights, const std::string& source) {
+  const ModelConfig& c = model.config();
+  auto params = model.named_parameters(/*recurse=*/true);
+  std::set<std::string> used;
+  torch::NoGradGuard no_grad;
+  for (const WeightName& w : expand_weight_names(c)) {
+    auto it = weights.find(w.hf);
+    MLA_CHECK(it != weights.end(), source, ": missing tensor '", w.hf, "'");
+    torch::Tensor* param = params.find(w.ours);
+    MLA_CHECK(param != nullptr, "internal: model has no parameter '", w.ours, "' for '", w.hf, "'");
+    MLA_CHECK(it->second.sizes() == param->sizes(), source, ": tensor '", w.hf, "' has shape ",
+              it->second.sizes(), " but the config implies ", param->sizes());
+    param->copy_(it->second);
+    used.insert(w.hf);
+  }
+  for (const auto& [name, tensor] : weights) {
+    // Rotary caches some exporters add are derived data, not weights.
+    if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    MLA_CHECK(used.count(name), source, ": unexpected tensor '", name, "' (not part of a ", family_name(c.family),
+              " model with this config)");
+  }
+}
+
+StateDict export_weights(const DecoderImpl& model) {
+  StateDict out;
+  auto params = model.named_parameters(true);
+  for (const WeightName& w : expand_weight_names(model.config())) {
+    const torch::Tensor* p = params.find(w.ours);
+    MLA_CHECK(p != nullptr, "internal: model has no parameter '", w.ours, "'");
+    out[w.hf] = p->detach();
+  }
+  return out;
+}
+
+Decoder build_model(const ModelSource& source, torch::Dtype dtype, torch::Device device) {
+  Decoder model(source.config);
+  load_weights(*model, source.weights, source.path);
+  model->to(device, dtype);
+  model->eval();
+  return model;
+}
+
+}  // namespace mlaforge

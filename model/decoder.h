@@ -1,0 +1,71 @@
+#pragma once
+// The decoder-only transformer shared by every supported family. Family differences are data in
+// ModelConfig (norm placement, activations, biases, soft-capping, sliding windows, MoE), not subclasses.
+#include <torch/torch.h>
+
+#include "model/attention.h"
+#include "model/checkpoint.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/layers.h"
+
+namespace mlaforge {
+
+struct ForwardOptions {
+  torch::Tensor positions;    // (B, T) int64 RoPE positions; default past + arange(T)
+  torch::Tensor segment_ids;  // (B, T) packed documents: attention stays inside a segment
+  torch::Tensor key_valid;    // (B, past + T) bool: false marks padding keys
+  KVCache* cache = nullptr;   // decode: appends this step's keys/values
+};
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache);
+
+  RMSNorm attn_norm{nullptr}, mlp_norm{nullptr};
+  RMSNorm attn_post_norm{nullptr}, mlp_post_norm{nullptr};  // Gemma2 sandwich norms only
+  GQAAttention attn{nullptr};
+  GatedMLP mlp{nullptr};
+  SparseMoE moe{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+class DecoderImpl : public torch::nn::Module {
+ public:
+  explicit DecoderImpl(const ModelConfig& config);
+
+  // tokens (B, T) int64 -> logits (B, T, vocab), float32 or the model's dtype.
+  torch::Tensor forward(const torch::Tensor& tokens, const ForwardOptions& options = {});
+  // Final hidden states (B, T, D) after the last norm, before the LM head.
+  torch::Tensor hidden(const torch::Tensor& tokens, const ForwardOptions& options = {});
+  torch::Tensor logits_from_hidden(const torch::Tensor& hidden);
+
+  // MoE load-balancing loss of the last forward (zero for dense models), as transformers computes it:
+  // the Switch-Transformer loss of all layers' routing decisions pooled together (not a per-layer sum).
+  torch::Tensor aux_loss() const;
+
+  const ModelConfig& config() const { return config_; }
+  KVCache make_cache(int64_t capacity) const { return KVCache(config_.num_hidden_layers, capacity); }
+
+  torch::nn::Embedding embed{nullptr};
+  torch::nn::ModuleList layers;
+  RMSNorm norm{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // null when tied to the embedding
+
+ private:
+  ModelConfig config_;
+};
+TORCH_MODULE(Decoder);
+
+// Copies HF-named weights into the model, converting dtype; every model parameter must be present and
+// shaped right, and every tensor in `weights` must be used. Errors name the tensor.
+void load_weights(DecoderImpl& model, const StateDict& weights, const std::string& source);
+// The model's parameters under their Hugging Face names (for export).
+StateDict export_weights(const DecoderImpl& model);
+
+// Builds the model from a loaded source, in `dtype` on `device`.
+Decoder build_model(const ModelSource& source, torch::Dtype dtype = torch::kFloat32,
+                    torch::Device device = torch::kCPU);
+
+}  // namespace mlaforge

@@ -1,0 +1,34 @@
+#pragma once
+// Decode-time cache. Each layer keeps a few buffers laid out (B, heads, capacity, width): K and V for
+// GQA attention; the compressed latent and the shared rope key for MLA (heads = 1), which is the whole
+// point of MLA: (kv_lora_rank + qk_rope_head_dim) values per token per layer instead of 2 * n_kv * d.
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace mlaforge {
+
+class KVCache {
+ public:
+  KVCache(int64_t num_layers, int64_t capacity);
+
+  // Writes `entries` (each (B, h, T, w)) at positions [length, length + T) of layer `layer` (allocating
+  // on first use with the entries' dtype/device) and returns views over [0, length + T).
+  std::vector<torch::Tensor> append(int64_t layer, const std::vector<torch::Tensor>& entries);
+  // Called once after every layer has appended the same T new positions.
+  void advance(int64_t tokens);
+  void reset() { length_ = 0; }
+
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return capacity_; }
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  // Bytes held by the allocated buffers (all layers, full capacity).
+  int64_t allocated_bytes() const;
+
+ private:
+  int64_t capacity_;
+  int64_t length_ = 0;
+  std::vector<std::vector<torch::Tensor>> layers_;
+};
+
+}  // namespace mlaforge
