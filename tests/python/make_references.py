@@ -17,6 +17,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--assets", required=True)
     parser.add_argument("--only", default="", help="comma-separated module names (refs_xxx) to run")
+    parser.add_argument("--skip", default="", help="comma-separated module names (refs_xxx) not to run")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     here = pathlib.Path(__file__).resolve().parent
@@ -25,6 +26,9 @@ def main() -> int:
     if args.only:
         wanted = set(args.only.split(","))
         modules = [m for m in modules if m in wanted]
+    if args.skip:
+        unwanted = set(args.skip.split(","))
+        modules = [m for m in modules if m not in unwanted]
     for name in modules:
         start = time.time()
         importlib.import_module(name).main(args.out, args.assets)
