@@ -5,12 +5,11 @@
 
 namespace mlaforge {
 
-AttentionContext build_attention_context(const ModelConfig& c, int64_t rope_dim, const torch::Tensor& positions,
+AttentionContext build_attention_context(const ModelConfig& c, const RotaryEmbedding& rope, const torch::Tensor& positions,
                                          const torch::Tensor& segment_ids, const torch::Tensor& key_valid,
                                          int64_t past) {
   AttentionContext ctx;
   ctx.past = past;
-  RotaryEmbedding rope(c, rope_dim);
   std::tie(ctx.cos, ctx.sin) = rope.cos_sin(positions);
 
   const int64_t T = positions.size(1);

@@ -5,6 +5,7 @@
 
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/rope.h"
 
 namespace mlaforge {
 
@@ -21,7 +22,7 @@ struct AttentionContext {
 // positions (B, T): RoPE positions (restart at 0 per packed document). segment_ids (B, T) or undefined:
 // tokens attend only within their own segment (packed sequences). key_valid (B, past + T) bool or
 // undefined: false for padding keys.
-AttentionContext build_attention_context(const ModelConfig& config, int64_t rope_dim,
+AttentionContext build_attention_context(const ModelConfig& config, const RotaryEmbedding& rope,
                                          const torch::Tensor& positions, const torch::Tensor& segment_ids,
                                          const torch::Tensor& key_valid, int64_t past);
 

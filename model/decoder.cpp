@@ -13,8 +13,11 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
     attn_post_norm = register_module("attn_post_norm", RMSNorm(c.hidden_size, c.rms_norm_eps, true));
     mlp_post_norm = register_module("mlp_post_norm", RMSNorm(c.hidden_size, c.rms_norm_eps, true));
   }
-  MLA_CHECK(!c.is_mla(), "MLA attention is built by the converter's model (not yet available)");
-  attn = register_module("attn", GQAAttention(c, layer));
+  if (c.is_mla()) {
+    mla_attn = register_module("attn", MLAAttention(c, layer));
+  } else {
+    attn = register_module("attn", GQAAttention(c, layer));
+  }
   if (c.is_moe()) {
     moe = register_module("moe", SparseMoE(c));
   } else {
@@ -23,7 +26,7 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache) {
-  auto h = attn(attn_norm(x), ctx, cache);
+  auto h = mla_attn ? mla_attn(attn_norm(x), ctx, cache) : attn(attn_norm(x), ctx, cache);
   if (attn_post_norm) h = attn_post_norm(h);
   auto y = x + h;
   h = mlp_norm(y);
@@ -32,7 +35,8 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionC
   return y + h;
 }
 
-DecoderImpl::DecoderImpl(const ModelConfig& c) : config_(c) {
+DecoderImpl::DecoderImpl(const ModelConfig& c)
+    : config_(c), rope_(c, c.is_mla() ? c.qk_rope_head_dim : c.head_dim) {
   embed = register_module("embed", torch::nn::Embedding(c.vocab_size, c.hidden_size));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, i));
@@ -48,9 +52,8 @@ torch::Tensor DecoderImpl::hidden(const torch::Tensor& tokens, const ForwardOpti
   torch::Tensor positions = options.positions;
   if (!positions.defined())
     positions = (torch::arange(T, tokens.options().dtype(torch::kInt64)) + past).unsqueeze(0).expand({B, T});
-  const int64_t rope_dim = config_.is_mla() ? config_.qk_rope_head_dim : config_.head_dim;
   AttentionContext ctx =
-      build_attention_context(config_, rope_dim, positions, options.segment_ids, options.key_valid, past);
+      build_attention_context(config_, rope_, positions, options.segment_ids, options.key_valid, past);
 
   auto x = embed(tokens);  // (B, T, D)
   if (config_.family == Family::gemma2) {
@@ -73,6 +76,13 @@ torch::Tensor DecoderImpl::logits_from_hidden(const torch::Tensor& h) {
 
 torch::Tensor DecoderImpl::forward(const torch::Tensor& tokens, const ForwardOptions& options) {
   return logits_from_hidden(hidden(tokens, options));
+}
+
+void DecoderImpl::set_mla_path(MLAPath path) {
+  for (const auto& layer : *layers) {
+    auto l = layer->as<DecoderLayerImpl>();
+    if (l->mla_attn) l->mla_attn->set_path(path);
+  }
 }
 
 torch::Tensor DecoderImpl::aux_loss() const {

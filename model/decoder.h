@@ -8,6 +8,7 @@
 #include "model/config.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
+#include "model/mla_attention.h"
 
 namespace mlaforge {
 
@@ -25,7 +26,9 @@ class DecoderLayerImpl : public torch::nn::Module {
 
   RMSNorm attn_norm{nullptr}, mlp_norm{nullptr};
   RMSNorm attn_post_norm{nullptr}, mlp_post_norm{nullptr};  // Gemma2 sandwich norms only
-  GQAAttention attn{nullptr};
+  // Exactly one of the two exists; either is registered as "attn" (layers.{i}.attn.* in weight_names).
+  GQAAttention attn{nullptr};         // GQA families
+  MLAAttention mla_attn{nullptr};     // deepseek_v3 (MLA)
   GatedMLP mlp{nullptr};
   SparseMoE moe{nullptr};
 };
@@ -47,6 +50,9 @@ class DecoderImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return config_; }
   KVCache make_cache(int64_t capacity) const { return KVCache(config_.num_hidden_layers, capacity); }
+  // MLA models: which attention path every layer takes (default automatic: absorbed with a KV cache,
+  // naive without). No effect on GQA models.
+  void set_mla_path(MLAPath path);
 
   torch::nn::Embedding embed{nullptr};
   torch::nn::ModuleList layers;
@@ -55,6 +61,7 @@ class DecoderImpl : public torch::nn::Module {
 
  private:
   ModelConfig config_;
+  RotaryEmbedding rope_;  // frequency table built once, not per forward
 };
 TORCH_MODULE(Decoder);
 

@@ -63,7 +63,7 @@ TEST(GoldenStories260K, GreedyStoryFromBos) {
   ASSERT_TRUE(src.tokenizer);
   Decoder model = build_model(src);
   SamplingOptions o;
-  o.max_new_tokens = 199;  // 200 forward steps from BOS: the prefill plus 199 decode steps
+  o.max_new_tokens = 200;  // llama2.c "200 steps" from BOS: 200 sampled tokens
   auto r = generate(*model, {1}, o);
   std::vector<int32_t> ids(r.tokens.begin(), r.tokens.end());
   std::string text = src.tokenizer->decode(ids);
