@@ -219,10 +219,19 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       c.v_head_dim = required<int64_t>(j, "v_head_dim", source);
       c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
       c.attention_bias = optional_field<bool>(j, "attention_bias", false, source);
-      if (optional_field<int64_t>(j, "n_routed_experts", 0, source) > 0 &&
-          optional_field<int64_t>(j, "first_k_dense_replace", 0, source) < c.num_hidden_layers)
-        fail(source, ": DeepSeek-V3 routed experts are not supported (set first_k_dense_replace to "
-                     "num_hidden_layers for an all-dense model)");
+      c.rope_interleave = optional_field<bool>(j, "rope_interleave", true, source);
+      // transformers makes layer i a MoE block whenever i >= first_k_dense_replace (default 3), even with
+      // n_routed_experts 0 (then only the shared expert of moe_intermediate_size remains), so only
+      // first_k_dense_replace >= num_hidden_layers means "every layer a dense MLP of intermediate_size".
+      // DeepSeek's own modeling code also reads an explicit "n_routed_experts": null as all-dense.
+      {
+        const bool no_routed = j.contains("n_routed_experts") && j.at("n_routed_experts").is_null();
+        const int64_t first_dense = optional_field<int64_t>(j, "first_k_dense_replace", 3, source);
+        if (!no_routed && first_dense < c.num_hidden_layers)
+          fail(source, ": DeepSeek-V3 MoE layers are not supported (first_k_dense_replace = ", first_dense,
+               " < num_hidden_layers = ", c.num_hidden_layers,
+               "; set first_k_dense_replace to num_hidden_layers for an all-dense model)");
+      }
       break;
   }
 
@@ -294,8 +303,10 @@ void ModelConfig::validate(const std::string& source) {
 float ModelConfig::attention_scale() const {
   if (family == Family::gemma2) return static_cast<float>(1.0 / std::sqrt(query_pre_attn_scalar));
   double scale = 1.0 / std::sqrt(static_cast<double>(is_mla() ? qk_nope_head_dim + qk_rope_head_dim : head_dim));
-  if (is_mla() && rope_scaling.type == RopeScaling::Type::yarn && rope_scaling.mscale_all_dim &&
-      *rope_scaling.mscale_all_dim > 0 && rope_scaling.factor > 1) {
+  // DeepSeek (transformers' yarn_apply_mscale) squares mscale(factor, mscale_all_dim) into the softmax
+  // scale for any scaled rope type that sets mscale_all_dim, in practice YaRN.
+  if (is_mla() && rope_scaling.type != RopeScaling::Type::none && rope_scaling.mscale_all_dim &&
+      *rope_scaling.mscale_all_dim != 0 && rope_scaling.factor > 1) {
     const double m = 0.1 * *rope_scaling.mscale_all_dim * std::log(rope_scaling.factor) + 1.0;
     scale *= m * m;
   }
@@ -320,6 +331,7 @@ int64_t ModelConfig::num_parameters() const {
     attention += D * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;
     attention += kv_lora_rank * H * (qk_nope_head_dim + v_head_dim);
     attention += H * v_head_dim * D;
+    if (attention_bias) attention += (q_lora_rank > 0 ? q_lora_rank : 0) + kv_lora_rank + qk_rope_head_dim + D;
   } else {
     attention = D * H * d + 2 * D * KV * d + H * d * D;
     if (attention_bias) attention += H * d + 2 * KV * d;

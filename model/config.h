@@ -74,6 +74,9 @@ struct ModelConfig {
   int64_t qk_rope_head_dim = 0;
   int64_t qk_nope_head_dim = 0;
   int64_t v_head_dim = 0;
+  // DeepSeek stores the rope rows of q and kv_a in interleaved pairs (x0,x1),(x2,x3)... (true, the
+  // transformers default); false: rotate_half layout like the GQA families.
+  bool rope_interleave = true;
 
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;

@@ -51,6 +51,11 @@ std::vector<WeightName> weight_table(const ModelConfig& c) {
     add(A + "kv_a_layernorm.weight", a + "kv_a_norm.weight", S::replicated);
     add(A + "kv_b_proj.weight", a + "wkv_b.weight", S::column);
     add(A + "o_proj.weight", a + "wo.weight", S::row);
+    if (c.attention_bias) {  // transformers' DeepseekV3Attention: the down-projections and o_proj only
+      if (c.q_lora_rank > 0) add(A + "q_a_proj.bias", a + "wq_a.bias", S::replicated);
+      add(A + "kv_a_proj_with_mqa.bias", a + "wkv_a.bias", S::replicated);
+      add(A + "o_proj.bias", a + "wo.bias", S::replicated);
+    }
   } else {
     add(A + "q_proj.weight", a + "wq.weight", S::column);
     add(A + "k_proj.weight", a + "wk.weight", S::column);
