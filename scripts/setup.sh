@@ -91,6 +91,9 @@ fi
 
 # 4. Configure and build ------------------------------------------------------------------------------
 export CCACHE_DIR="${CCACHE_DIR:-$CACHE/ccache}"
+# Relative paths in the cache key, so a fresh clone elsewhere (CI) hits the same cache entries.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
+export CCACHE_NOHASHDIR=1
 export CCACHE_SLOPPINESS="pch_defines,time_macros,include_file_mtime,include_file_ctime"
 export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
 TORCH_PREFIX="$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
