@@ -85,7 +85,7 @@ void register_generate(CLI::App& app) {
                     {"kv_cache_bytes", r.cache_bytes}});
       } else {
         if (text.size() > printed.size()) std::cout << text.substr(printed.size());
-        std::cout << "\n";
+        std::cout << std::endl;
         std::fprintf(stderr, "[%zu tokens, stop: %s, prefill %.2f s, decode %.1f tok/s, KV cache %s]\n",
                      r.tokens.size(), r.stop_reason.c_str(), r.prefill_seconds, tps,
                      human_bytes(static_cast<double>(r.cache_bytes)).c_str());
