@@ -9,7 +9,7 @@ MODEL="${1:-$(cat "$BUILD/default_model.txt")}"
 STEPS="${2:-12}"
 TCMALLOC="$(ldconfig -p | awk '/libtcmalloc_minimal.so.4 /{print $NF; exit}')"
 BIN="$BUILD/bench/bench_torch_step_bench"
-echo "model: $MODEL   threads: $(nproc)   steps: $STEPS"
+echo "model: $MODEL   threads: ${MLAFORGE_NUM_THREADS:-$(nproc)}   steps: $STEPS"
 glibc=$("$BIN" "$MODEL" "$STEPS")
 echo "glibc malloc : $glibc"
 tc=$(LD_PRELOAD="$TCMALLOC" "$BIN" "$MODEL" "$STEPS")
