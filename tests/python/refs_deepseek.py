@@ -20,6 +20,7 @@ Cases:
 The value head dim (10) differs from the qk head dim (12 + 8) so nothing can silently assume they match.
 Each case checks that the feature it exists for really changes transformers' output.
 """
+from ref_stamp import make_stamp, up_to_date, write_stamp
 import json
 import math
 import os
@@ -138,20 +139,10 @@ def make_case(folder, name, cfg_kwargs, flags, seed):
 
 
 def main(out_dir: str, assets_dir: str) -> None:
-    from importlib.metadata import version
-
     root = os.path.join(out_dir, "deepseek")
-    with open(__file__, "rb") as f:
-        generator_text = f.read().decode("utf-8")
-    stamp = {"version": CASES_VERSION, "transformers": version("transformers"), "torch": torch.__version__,
-             "generator": generator_text}
-    stamp_path = os.path.join(root, "stamp.json")
-    if os.path.exists(stamp_path):
-        with open(stamp_path) as f:
-            old = json.load(f)
-        if old.get("stamp") == stamp and all(os.path.exists(os.path.join(root, c, "reference.safetensors"))
-                                             for c in old.get("cases", [])):
-            return  # up to date
+    stamp = make_stamp(__file__, CASES_VERSION)
+    if up_to_date(root, stamp):
+        return
 
     from transformers.utils import logging as hf_logging
 
@@ -164,5 +155,4 @@ def main(out_dir: str, assets_dir: str) -> None:
     os.makedirs(root)
     for seed, (name, (cfg_kwargs, flags)) in enumerate(sorted(cases.items())):
         make_case(os.path.join(root, name), name, cfg_kwargs, flags, seed=2000 + seed)
-    with open(stamp_path, "w") as f:
-        json.dump({"stamp": stamp, "cases": sorted(cases)}, f)
+    write_stamp(root, stamp, cases)

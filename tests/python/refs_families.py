@@ -27,6 +27,7 @@ would make any tolerance meaningless), and each case checks that the feature it 
 window, soft-capping, dynamic NTK) really changes transformers' output, so a silently ignored config
 field cannot make a case pass vacuously.
 """
+from ref_stamp import make_stamp, up_to_date, write_stamp
 import copy
 import json
 import math
@@ -263,21 +264,11 @@ def make_case(folder, name, classes, cfg_kwargs, flags, seed):
 
 
 def main(out_dir: str, assets_dir: str) -> None:
-    from importlib.metadata import version
-
     # Regenerating takes ~10 s; skip it when this generator and the library versions are unchanged.
     root = os.path.join(out_dir, "families")
-    with open(__file__, "rb") as f:
-        generator_text = f.read().decode("utf-8")
-    stamp = {"version": CASES_VERSION, "transformers": version("transformers"), "torch": torch.__version__,
-             "generator": generator_text}
-    stamp_path = os.path.join(root, "stamp.json")
-    if os.path.exists(stamp_path):
-        with open(stamp_path) as f:
-            old = json.load(f)
-        if old.get("stamp") == stamp and all(os.path.exists(os.path.join(root, c, "reference.safetensors"))
-                                             for c in old.get("cases", [])):
-            return  # up to date
+    stamp = make_stamp(__file__, CASES_VERSION)
+    if up_to_date(root, stamp):
+        return
 
     from transformers.utils import logging as hf_logging
 
@@ -294,5 +285,4 @@ def main(out_dir: str, assets_dir: str) -> None:
             make_case(os.path.join(root, name), name, classes, cfg_kwargs, flags, seed=1000 + seed)
     finally:
         torch.set_num_threads(threads)
-    with open(stamp_path, "w") as f:
-        json.dump({"stamp": stamp, "cases": sorted(cases)}, f)
+    write_stamp(root, stamp, cases)
