@@ -40,5 +40,6 @@ std::string human_count(double count);
 void register_inspect(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_convert(CLI::App& app);
 
 }  // namespace mlaforge::cli

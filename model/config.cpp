@@ -220,6 +220,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
       c.attention_bias = optional_field<bool>(j, "attention_bias", false, source);
       c.rope_interleave = optional_field<bool>(j, "rope_interleave", true, source);
+      c.latent_norm = optional_field<bool>(j, "mlaforge_latent_norm", true, source);
       // transformers makes layer i a MoE block whenever i >= first_k_dense_replace (default 3), even with
       // n_routed_experts 0 (then only the shared expert of moe_intermediate_size remains), so only
       // first_k_dense_replace >= num_hidden_layers means "every layer a dense MLP of intermediate_size".

@@ -77,6 +77,9 @@ struct ModelConfig {
   // DeepSeek stores the rope rows of q and kv_a in interleaved pairs (x0,x1),(x2,x3)... (true, the
   // transformers default); false: rotate_half layout like the GQA families.
   bool rope_interleave = true;
+  // mlaforge extension (config.json "mlaforge_latent_norm", default true): false skips kv_a_layernorm on
+  // the latent. Exact TransMLA conversions need that; stock DeepSeek engines always apply the norm.
+  bool latent_norm = true;
 
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;

@@ -27,6 +27,7 @@ MLAAttentionImpl::MLAAttentionImpl(const ModelConfig& c, int64_t layer)
       v_dim_(c.v_head_dim),
       kv_rank_(c.kv_lora_rank),
       rope_interleave_(c.rope_interleave),
+      latent_norm_(c.latent_norm),
       // 1/sqrt(nope + rope), times DeepSeek's YaRN mscale_all_dim correction squared (see ModelConfig).
       scale_(c.attention_scale()) {
   MLA_CHECK(c.is_mla(), "MLAAttention built for a non-MLA config (", family_name(c.family), ")");
@@ -71,7 +72,9 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttentionC
 
   // Keys/values enter as one latent per token plus one rope key shared by all heads (MQA-style).
   auto kv_a = wkv_a(x);                                          // (B, T, R + rope)
-  auto c_kv = kv_a_norm(kv_a.narrow(-1, 0, R)).unsqueeze(1);     // (B, 1, T, R)
+  auto c_kv = kv_a.narrow(-1, 0, R);
+  if (latent_norm_) c_kv = kv_a_norm(c_kv);
+  c_kv = c_kv.unsqueeze(1);  // (B, 1, T, R)
   auto k_pe = rope(kv_a.narrow(-1, R, rope_).unsqueeze(1), ctx);  // (B, 1, T, rope)
 
   // The cache holds exactly this, both paths: [c_kv | k_pe] in one buffer (B, 1, S, R + rope), so a

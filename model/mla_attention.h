@@ -68,6 +68,7 @@ class MLAAttentionImpl : public torch::nn::Module {
 
   int64_t layer_, n_head_, nope_, rope_, v_dim_, kv_rank_;
   bool rope_interleave_;
+  bool latent_norm_;  // false: no kv_a_norm (mlaforge_latent_norm, exact conversions)
   double scale_;
   MLAPath path_ = MLAPath::automatic;
 };

@@ -1,0 +1,200 @@
+// mlaforge convert MODEL OUT: TransMLA conversion of a GQA/MHA model into a DeepSeek-V3-format MLA model.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <iostream>
+
+#include "cli/common.h"
+#include "convert/transmla.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "data/text.h"
+#include "data/tokenizer.h"
+#include "model/tensor_io.h"
+#include "trainer/evaluate.h"
+
+namespace mlaforge::cli {
+namespace {
+
+struct ConvertCommandOptions {
+  ModelOptions model;
+  std::string out;
+  ConvertOptions convert;
+  std::string calib;
+  size_t calib_docs = 128;
+  size_t calib_skip = 0;
+  int64_t calib_len = 256;
+  std::string eval;
+  size_t eval_docs = 0;
+  int64_t eval_len = 512;
+  std::string mode = "exact";
+  bool one_pass = false;
+  std::string freqfold = "0";
+};
+
+std::vector<std::string> read_slice(const std::string& path, size_t skip, size_t count) {
+  TextReadOptions read;
+  read.max_documents = count > 0 ? skip + count : 0;
+  auto docs = read_documents(path, read);
+  MLA_CHECK(docs.size() > skip, path, ": only ", docs.size(), " documents, cannot skip ", skip);
+  return std::vector<std::string>(docs.begin() + static_cast<std::ptrdiff_t>(skip), docs.end());
+}
+
+}  // namespace
+
+void register_convert(CLI::App& app) {
+  auto o = std::make_shared<ConvertCommandOptions>();
+  auto* cmd = app.add_subcommand("convert", "Convert a GQA/MHA model into DeepSeek-format MLA (TransMLA)");
+  add_model_options(*cmd, o->model);
+  cmd->add_option("out", o->out, "output folder (Hugging Face layout)")->required();
+  cmd->add_option("--kv-lora-rank", o->convert.kv_lora_rank, "latent rank R (capped at 2 n_kv d - r)")->capture_default_str();
+  cmd->add_option("--rope-dim", o->convert.rope_dim, "decoupled rope key width r (0: min(64, head_dim))")->capture_default_str();
+  cmd->add_option("--freqfold", o->freqfold,
+                  "adjacent RoPE frequencies per RoRoPE fold: a number (0: head_dim / r) or 'auto' (searched on a "
+                  "held-out quarter of the calibration documents)")
+      ->capture_default_str();
+  cmd->add_option("--q-lora-rank", o->convert.q_lora_rank,
+                  "compress the query by PCA to this rank (0: none; written as q_lora_rank + 1, see the anchor)")
+      ->capture_default_str();
+  cmd->add_option("--calib", o->calib, "calibration text (blank-line separated documents, or JSONL)")->required();
+  cmd->add_option("--calib-docs", o->calib_docs, "calibration documents")->capture_default_str();
+  cmd->add_option("--calib-skip", o->calib_skip, "skip the first N documents of the calibration file")->capture_default_str();
+  cmd->add_option("--calib-len", o->calib_len, "tokens per calibration document, BOS included")->capture_default_str();
+  cmd->add_option("--eval", o->eval, "held-out text: perplexity before and after");
+  cmd->add_option("--eval-docs", o->eval_docs, "evaluate the first N documents (0: all)");
+  cmd->add_option("--eval-len", o->eval_len, "tokens per evaluation document")->capture_default_str();
+  cmd->add_option("--mode", o->mode,
+                  "exact: no latent norm (mlaforge engine only, function-preserving at full rank); deployable: "
+                  "kv_a_layernorm applied as stock DeepSeek engines do, undone by one anchor latent dimension (+1 KV value)")
+      ->check(CLI::IsMember({"exact", "deployable"}))
+      ->capture_default_str();
+  cmd->add_flag("--one-pass", o->one_pass,
+                "calibrate every layer on the original model's activations (default: sequentially, layer i on the "
+                "outputs of the converted layers before it)");
+  cmd->add_flag("--no-balance", [o](int64_t) { o->convert.balance_kv = false; }, "skip the BKV key/value balancing");
+  cmd->add_flag("--json", global_options().json, "machine-readable output");
+  cmd->callback([o] {
+    run_command([&] {
+      const auto start = std::chrono::steady_clock::now();
+      LoadOptions load;
+      load.tokenizer_path = o->model.tokenizer;
+      ModelSource src = load_model_source(o->model.model, load);
+      MLA_CHECK(src.tokenizer != nullptr, o->model.model, ": no tokenizer found; pass --tokenizer");
+      check_convertible(src.config);
+      const auto device = parse_device(o->model.device);
+      Decoder model = build_model(src, torch::kFloat32, device);
+
+      auto calib_text = read_slice(o->calib, o->calib_skip, o->calib_docs);
+      auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+      log::info("loaded ", o->model.model, " (", since(), " s)");
+      auto calib = tokenize_documents(*src.tokenizer, src.config, calib_text, o->calib_len);
+      log::info("tokenized ", calib.size(), " calibration documents (", since(), " s)");
+      nlohmann::json freqfold_trials;
+      if (o->freqfold == "auto") {
+        o->convert.freqfold = search_freqfold(*model, src.weights, calib, o->convert, &freqfold_trials);
+        log::info("freqfold auto: chose ", o->convert.freqfold, " (", since(), " s)");
+      } else {
+        try {
+          o->convert.freqfold = std::stoll(o->freqfold);
+        } catch (const std::exception&) {
+          fail("--freqfold: expected a number or 'auto', got '", o->freqfold, "'");
+        }
+      }
+      KVMoments moments;
+      ConvertResult res;
+      if (o->one_pass) {
+        moments = collect_kv_moments(*model, calib, o->convert.q_lora_rank > 0);
+        log::info("calibrated on ", moments.tokens, " tokens (", since(), " s)");
+        res = convert_to_mla(src.config, src.weights, moments, o->convert);
+      } else {
+        res = convert_sequential(*model, src.weights, calib, o->convert, &moments);
+      }
+      log::info("converted (", since(), " s)");
+      if (o->mode == "deployable") {
+        make_deployable(*model, calib, res);
+        log::info("made the latent norm deployable (", since(), " s)");
+      }
+
+      Decoder mla(res.config);
+      load_weights(*mla, res.weights, "converted model");
+      mla->to(device);
+      mla->eval();
+      // Self-check: our engine must read the rope slice in the layout the converter wrote.
+      const double engine_diff =
+          verify_mla_engine(*mla, torch::tensor(calib.front(), torch::kInt64).unsqueeze(0).to(device));
+      log::info("engine self-check passed (", since(), " s)");
+      write_mla_folder(o->out, res, src);
+      log::info("wrote ", o->out, " (", since(), " s)");
+
+      nlohmann::json j;
+      j["model"] = o->model.model;
+      j["out"] = o->out;
+      j["mode"] = res.config_json["mlaforge_conversion"]["mode"];
+      j["kv_lora_rank"] = res.config.kv_lora_rank;
+      j["qk_rope_head_dim"] = res.config.qk_rope_head_dim;
+      j["freqfold"] = res.config_json["mlaforge_conversion"]["freqfold"];
+      j["calibration_tokens"] = moments.tokens;
+      if (!freqfold_trials.is_null()) j["freqfold_search"] = freqfold_trials;
+      j["calibration"] = o->one_pass ? "one pass" : "sequential";
+      j["engine_check_max_abs_logit_diff"] = engine_diff;
+      int64_t before = 0, after = 0;
+      nlohmann::json layers = nlohmann::json::array();
+      for (size_t i = 0; i < res.layers.size(); ++i) {
+        const auto& l = res.layers[i];
+        before += l.kv_values_before;
+        after += l.kv_values_after;
+        layers.push_back({{"layer", i},
+                          {"kv_values_before", l.kv_values_before},
+                          {"kv_values_after", l.kv_values_after},
+                          {"rope_energy", l.rope_energy},
+                          {"pca_energy", l.pca_energy},
+                          {"kv_balance", l.kv_balance}});
+      }
+      j["layers"] = layers;
+      j["kv_values_per_token_before"] = before;
+      j["kv_values_per_token_after"] = after;
+      j["kv_bytes_per_token_bf16_before"] = 2 * before;
+      j["kv_bytes_per_token_bf16_after"] = 2 * after;
+      if (!o->eval.empty()) {
+        auto eval_text = read_slice(o->eval, 0, o->eval_docs);
+        auto eval_tokens = tokenize_documents(*src.tokenizer, src.config, eval_text, o->eval_len);
+        EvalOptions eo;
+        eo.max_seq_len = o->eval_len;
+        eo.progress = false;
+        auto rb = evaluate_nll(*model, eval_tokens, eo);
+        auto ra = evaluate_nll(*mla, eval_tokens, eo);
+        j["eval"] = {{"text", o->eval},        {"documents", rb.documents},     {"tokens", rb.tokens},
+                     {"ppl_before", rb.perplexity}, {"ppl_after", ra.perplexity}, {"nll_before", rb.mean_nll},
+                     {"nll_after", ra.mean_nll}};
+      }
+      j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      struct rusage usage {};
+      getrusage(RUSAGE_SELF, &usage);
+      j["peak_rss_bytes"] = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+      if (global_options().json) {
+        print_json(j);
+        return;
+      }
+      std::printf("wrote %s (%s)\n", o->out.c_str(), j["mode"].get<std::string>().c_str());
+      std::printf("kv_lora_rank %lld, rope dim %lld, freqfold %lld, %lld calibration tokens\n",
+                  static_cast<long long>(res.config.kv_lora_rank), static_cast<long long>(res.config.qk_rope_head_dim),
+                  static_cast<long long>(j["freqfold"].get<int64_t>()), static_cast<long long>(moments.tokens));
+      std::printf("%5s %10s %10s %12s %12s %8s\n", "layer", "KV before", "KV after", "RoPE energy", "PCA energy",
+                  "balance");
+      for (size_t i = 0; i < res.layers.size(); ++i) {
+        const auto& l = res.layers[i];
+        std::printf("%5zu %10lld %10lld %11.2f%% %11.2f%% %8.3f\n", i, static_cast<long long>(l.kv_values_before),
+                    static_cast<long long>(l.kv_values_after), 100 * l.rope_energy, 100 * l.pca_energy, l.kv_balance);
+      }
+      std::printf("total KV values/token %lld -> %lld (%s -> %s per token in bf16)\n", static_cast<long long>(before),
+                  static_cast<long long>(after), human_bytes(2.0 * before).c_str(), human_bytes(2.0 * after).c_str());
+      std::printf("time %.1f s, peak RSS %s\n", j["seconds"].get<double>(),
+                  human_bytes(static_cast<double>(j["peak_rss_bytes"].get<int64_t>())).c_str());
+      if (j.contains("eval"))
+        std::printf("perplexity %.4f -> %.4f on %lld tokens\n", j["eval"]["ppl_before"].get<double>(),
+                    j["eval"]["ppl_after"].get<double>(), static_cast<long long>(j["eval"]["tokens"].get<int64_t>()));
+    });
+  });
+}
+
+}  // namespace mlaforge::cli

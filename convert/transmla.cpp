@@ -1,0 +1,633 @@
+#include "convert/transmla.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "model/attention.h"
+#include "model/rope.h"
+#include "model/tensor_io.h"
+#include "model/weight_names.h"
+#include "trainer/evaluate.h"
+
+namespace mlaforge {
+namespace {
+
+namespace fs = std::filesystem;
+using torch::indexing::Slice;
+
+DecoderLayerImpl& layer_at(DecoderImpl& model, int64_t i) {
+  return *model.layers[static_cast<size_t>(i)]->as<DecoderLayerImpl>();
+}
+
+// Causal softmax attention over explicit scores (B, H, T, T) -> probabilities, float32 softmax.
+torch::Tensor causal_softmax(const torch::Tensor& scores) {
+  const int64_t T = scores.size(-1);
+  auto allowed = torch::ones({T, T}, scores.options().dtype(torch::kBool)).tril();
+  auto s = scores.to(torch::kFloat32).masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  return torch::softmax(s, -1).to(scores.dtype());
+}
+
+// Rotates interleaved pairs (x[2p], x[2p+1]) of the last dim by angles (..., P) broadcastable to x's pairs.
+torch::Tensor rotate_pairs(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  auto shape = x.sizes().vec();
+  const int64_t P = x.size(-1) / 2;
+  auto pairs = x.reshape({-1, P, 2});
+  std::vector<int64_t> pshape(shape.begin(), shape.end() - 1);
+  pshape.push_back(P);
+  auto x0 = pairs.select(-1, 0).reshape(pshape), x1 = pairs.select(-1, 1).reshape(pshape);
+  auto r0 = x0 * cos - x1 * sin, r1 = x0 * sin + x1 * cos;
+  return torch::stack({r0, r1}, -1).reshape(shape);
+}
+
+// The MLP half of a decoder layer (shared by the reference forwards).
+torch::Tensor finish_layer(DecoderLayerImpl& l, const torch::Tensor& x, torch::Tensor attn_out) {
+  if (l.attn_post_norm) attn_out = l.attn_post_norm(attn_out);
+  auto y = x + attn_out;
+  auto h = l.mlp_norm(y);
+  h = l.moe ? l.moe(h) : l.mlp(h);
+  if (l.mlp_post_norm) h = l.mlp_post_norm(h);
+  return y + h;
+}
+
+torch::Tensor embed_tokens(DecoderImpl& model, const torch::Tensor& tokens) {
+  auto x = model.embed(tokens);
+  if (model.config().family == Family::gemma2)
+    x = x * torch::tensor(model.config().embedding_multiplier(), x.options()).to(x.dtype());
+  return x;
+}
+
+}  // namespace
+
+void check_convertible(const ModelConfig& c) {
+  MLA_CHECK(!c.is_mla(), "the model is already MLA (deepseek_v3); nothing to convert");
+  MLA_CHECK(c.family != Family::gemma2, "gemma2 conversion is not implemented yet (query_pre_attn_scalar, "
+                                        "logit soft-capping and sandwich norms need their own treatment)");
+  MLA_CHECK(!c.is_moe(), "mixtral (MoE) conversion is not implemented yet: DeepSeek export of its experts is missing");
+  MLA_CHECK(c.rope_scaling.type != RopeScaling::Type::yarn && c.rope_scaling.type != RopeScaling::Type::dynamic,
+            "rope_scaling '", rope_scaling_name(c.rope_scaling.type),
+            "' is not supported by the converter (its frequencies depend on the rotary dimension)");
+}
+
+namespace {
+void add_input_moment(KVMoments& m, int64_t i, const torch::Tensor& xn) {
+  auto x = xn.reshape({-1, xn.size(-1)}).to(torch::kCPU, torch::kFloat64);
+  x = torch::cat({x, torch::ones({x.size(0), 1}, x.options())}, 1);
+  if (static_cast<int64_t>(m.input_moment.size()) <= i) m.input_moment.resize(static_cast<size_t>(i) + 1);
+  auto& acc = m.input_moment[static_cast<size_t>(i)];
+  if (!acc.defined()) acc = torch::zeros({x.size(1), x.size(1)}, torch::kFloat64);
+  acc += x.t().mm(x);
+}
+}  // namespace
+
+KVMoments collect_kv_moments(DecoderImpl& model, const std::vector<std::vector<int64_t>>& docs, bool input_moments) {
+  const ModelConfig& c = model.config();
+  check_convertible(c);
+  torch::NoGradGuard no_grad;
+  const int64_t L = c.num_key_value_heads * c.head_dim;
+  KVMoments m;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) m.joint.push_back(torch::zeros({2 * L, 2 * L}, torch::kFloat64));
+  m.max_input_norm.assign(static_cast<size_t>(c.num_hidden_layers), 0.0);
+  RotaryEmbedding rope(c, c.head_dim);
+  const auto device = model.embed->weight.device();
+  for (const auto& doc : docs) {
+    if (doc.empty()) continue;
+    const int64_t T = static_cast<int64_t>(doc.size());
+    auto tokens = torch::tensor(doc, torch::kInt64).unsqueeze(0).to(device);
+    auto positions = torch::arange(T, tokens.options()).unsqueeze(0);
+    AttentionContext ctx = build_attention_context(c, rope, positions, {}, {}, 0);
+    auto x = embed_tokens(model, tokens);
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      auto& l = layer_at(model, i);
+      auto xn = l.attn_norm(x);
+      auto kv = torch::cat({l.attn->wk(xn), l.attn->wv(xn)}, -1).reshape({-1, 2 * L}).to(torch::kCPU, torch::kFloat64);
+      m.joint[static_cast<size_t>(i)] += kv.t().mm(kv);
+      auto& mx = m.max_input_norm[static_cast<size_t>(i)];
+      mx = std::max(mx, xn.to(torch::kFloat64).norm(2, -1).max().item<double>());
+      if (input_moments) add_input_moment(m, i, xn);
+      x = l.forward(x, ctx, nullptr);
+    }
+    m.tokens += T;
+  }
+  MLA_CHECK(m.tokens > 0, "calibration produced no tokens");
+  return m;
+}
+
+KeyRotation key_rotation(const torch::Tensor& S, int64_t n_kv, int64_t d, int64_t P, int64_t F, double damping) {
+  const int64_t half = d / 2, L = n_kv * d;
+  MLA_CHECK(F >= 1 && half % F == 0, "freqfold ", F, " must divide head_dim/2 = ", half);
+  const int64_t folds = half / F, n = n_kv * F;
+  // Two regimes. All-RoPE (P = L/2, stages 1 and 2 checked for exactness): every component keeps RoPE.
+  // Decoupled rope key (P = r/2 pairs, c = d/r): pair p runs at the original frequency p*c; the fold holding
+  // frequencies [fF, fF + F) supplies as many pairs as it holds multiples of c (F/c when c divides F, one
+  // for the fold starting at a multiple of c when F divides c, none for the others).
+  const bool all_rope = P == L / 2;
+  int64_t c = 0;
+  if (!all_rope) {
+    MLA_CHECK(P >= 1 && half % P == 0, "rope pairs ", P, " must divide head_dim/2 = ", half);
+    c = half / P;
+    MLA_CHECK(F % c == 0 || c % F == 0, "freqfold ", F, " must divide or be a multiple of head_dim / rope_dim = ", c);
+  }
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  KeyRotation rot;
+  rot.rope_pairs = P;
+  rot.q = torch::zeros({L, L}, f64);
+  rot.freq_index = torch::empty({P}, torch::kInt64);
+  if (S.defined()) rot.total_energy = S.trace().item<double>();
+  int64_t nope_row = 2 * P;
+  for (int64_t f = 0; f < folds; ++f) {
+    std::vector<int64_t> ri, ii;
+    for (int64_t h = 0; h < n_kv; ++h)
+      for (int64_t j = f * F; j < (f + 1) * F; ++j) {
+        ri.push_back(h * d + j);
+        ii.push_back(h * d + j + half);
+      }
+    // Pairs this fold supplies: their indices p (frequency p*c) in order.
+    std::vector<int64_t> pairs;
+    if (all_rope) {
+      for (int64_t m = 0; m < n; ++m) pairs.push_back(f * n + m);
+    } else {
+      for (int64_t j = f * F; j < (f + 1) * F; ++j)
+        if (j % c == 0) pairs.push_back(j / c);
+    }
+    const int64_t k = static_cast<int64_t>(pairs.size());
+    auto rit = torch::tensor(ri, torch::kInt64), iit = torch::tensor(ii, torch::kInt64);
+    torch::Tensor U;
+    if (S.defined()) {
+      // The real and the imaginary halves are two samples of the same rotation-invariant statistics.
+      auto C = S.index_select(0, rit).index_select(1, rit) + S.index_select(0, iit).index_select(1, iit);
+      C = (C + C.t()) / 2;
+      const double eps = damping * (C.trace().item<double>() / static_cast<double>(n) + 1e-300);
+      auto [ev, vecs] = torch::linalg_eigh(C + eps * torch::eye(n, f64));
+      ev = ev.flip(0);
+      U = vecs.flip(1);
+      if (k > 0) rot.rope_energy += ev.narrow(0, 0, k).sum().item<double>();
+    } else {
+      U = torch::eye(n, f64);
+    }
+    for (int64_t m = 0; m < n; ++m) {
+      int64_t row_r, row_i;
+      if (m < k) {
+        const int64_t p = pairs[static_cast<size_t>(m)];
+        row_r = 2 * p;
+        row_i = 2 * p + 1;
+        // All-RoPE: component m (head m/F at frequency f*F + m%F before rotation) keeps that frequency,
+        // exact when F == 1 (the rotation mixes heads only). Otherwise pair p runs at p*c.
+        rot.freq_index[p] = all_rope ? f * F + m % F : p * c;
+      } else {
+        row_r = nope_row++;
+        row_i = nope_row++;
+      }
+      rot.q.select(0, row_r).index_copy_(0, rit, U.select(1, m));
+      rot.q.select(0, row_i).index_copy_(0, iit, U.select(1, m));
+    }
+  }
+  MLA_CHECK(nope_row == L, "internal: key rotation filled ", nope_row, " of ", L, " rows");
+  return rot;
+}
+
+torch::Tensor partial_rope_forward(DecoderImpl& model, const std::vector<KeyRotation>& rotations,
+                                   const torch::Tensor& tokens) {
+  const ModelConfig& c = model.config();
+  check_convertible(c);
+  MLA_CHECK(static_cast<int64_t>(rotations.size()) == c.num_hidden_layers, "one rotation per layer needed");
+  torch::NoGradGuard no_grad;
+  const int64_t B = tokens.size(0), T = tokens.size(1), H = c.num_attention_heads, n_kv = c.num_key_value_heads,
+                d = c.head_dim, L = n_kv * d;
+  auto freqs = rope_frequencies(c, d, T);
+  auto positions = torch::arange(T, torch::kFloat32).to(tokens.device());
+  auto group = torch::arange(H, torch::kInt64).div(c.group_size(), "floor").to(tokens.device());
+  auto x = embed_tokens(model, tokens);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    auto& l = layer_at(model, i);
+    const KeyRotation& rot = rotations[static_cast<size_t>(i)];
+    const int64_t P = rot.rope_pairs;
+    auto xn = l.attn_norm(x);
+    auto Q = rot.q.to(xn.device(), xn.scalar_type());                                     // (L, L)
+    auto q = l.attn->wq(xn).view({B, T, H, d});
+    auto k = l.attn->wk(xn);                                                              // (B, T, L)
+    auto v = l.attn->wv(xn).view({B, T, n_kv, d}).index_select(2, group).transpose(1, 2);  // (B, H, T, d)
+    auto Qh = Q.view({L, n_kv, d}).index_select(1, group);                                // (L, H, d)
+    auto qf = torch::einsum("bthi,lhi->bhtl", {q, Qh});                                   // (B, H, T, L)
+    auto kf = k.matmul(Q.t()).unsqueeze(1);                                               // (B, 1, T, L)
+    auto inv = freqs.inv_freq.to(xn.device()).index_select(0, rot.freq_index.to(xn.device()));  // (P,)
+    auto ang = positions.unsqueeze(-1) * inv;                                             // (T, P)
+    auto cs = (ang.cos() * freqs.attention_scaling).to(xn.scalar_type());
+    auto sn = (ang.sin() * freqs.attention_scaling).to(xn.scalar_type());
+    auto rope_part = [&](const torch::Tensor& t) {
+      return torch::cat({rotate_pairs(t.narrow(-1, 0, 2 * P), cs, sn), t.narrow(-1, 2 * P, L - 2 * P)}, -1);
+    };
+    auto scores = rope_part(qf).matmul(rope_part(kf).transpose(-1, -2)) * c.attention_scale();  // (B, H, T, T)
+    auto out = causal_softmax(scores).matmul(v);                                           // (B, H, T, d)
+    auto a = l.attn->wo(out.transpose(1, 2).reshape({B, T, H * d}));
+    x = finish_layer(l, x, a);
+  }
+  return model.logits_from_hidden(model.norm(x));
+}
+
+ResolvedRanks resolve_ranks(const ModelConfig& c, const ConvertOptions& o) {
+  const int64_t d = c.head_dim, L = c.num_key_value_heads * d;
+  ResolvedRanks r{};
+  r.rope_dim = o.rope_dim > 0 ? o.rope_dim : std::min<int64_t>(64, d);
+  MLA_CHECK(r.rope_dim % 2 == 0 && r.rope_dim <= d && d % r.rope_dim == 0, "--rope-dim ", r.rope_dim,
+            " must be even and divide head_dim ", d);
+  const int64_t cfold = d / r.rope_dim;
+  r.freqfold = o.freqfold > 0 ? o.freqfold : cfold;
+  MLA_CHECK((r.freqfold % cfold == 0 || cfold % r.freqfold == 0) && (d / 2) % r.freqfold == 0, "--freqfold ",
+            r.freqfold, " must divide or be a multiple of head_dim / rope_dim = ", cfold,
+            ", and divide head_dim / 2 = ", d / 2);
+  const int64_t max_rank = 2 * L - r.rope_dim;
+  r.kv_lora_rank = o.kv_lora_rank > 0 ? std::min(o.kv_lora_rank, max_rank) : std::min<int64_t>(512, max_rank);
+  return r;
+}
+
+ConvertResult convert_to_mla(const ModelConfig& c, const StateDict& original, const KVMoments& moments,
+                             const ConvertOptions& o, int64_t only_layer) {
+  check_convertible(c);
+  const ResolvedRanks rr = resolve_ranks(c, o);
+  const int64_t d = c.head_dim, H = c.num_attention_heads, n_kv = c.num_key_value_heads, g = c.group_size(),
+                L = n_kv * d, r = rr.rope_dim, R = rr.kv_lora_rank, N = L - r, n_layers = c.num_hidden_layers;
+  MLA_CHECK(static_cast<int64_t>(moments.joint.size()) == n_layers, "calibration moments for ",
+            moments.joint.size(), " layers, model has ", n_layers);
+
+  ConvertResult res;
+  nlohmann::json j = c.raw;
+  for (const char* key : {"head_dim", "mlp_bias", "attention_bias", "num_local_experts", "sliding_window",
+                          "use_sliding_window", "max_window_layers", "rope_parameters"})
+    j.erase(key);
+  j["model_type"] = "deepseek_v3";
+  j["architectures"] = {"DeepseekV3ForCausalLM"};
+  j["num_key_value_heads"] = H;
+  j["kv_lora_rank"] = R;
+  j["q_lora_rank"] = nullptr;
+  j["qk_rope_head_dim"] = r;
+  j["qk_nope_head_dim"] = d;
+  j["v_head_dim"] = d;
+  j["first_k_dense_replace"] = n_layers;
+  // first_k_dense_replace = num_hidden_layers makes every layer a dense MLP; transformers >= 5 rejects null
+  // n_routed_experts / n_shared_experts, so they are left out.
+  j.erase("n_routed_experts");
+  j.erase("n_shared_experts");
+  const bool bias = c.attention_bias || c.o_proj_bias;
+  const int64_t qr = std::min<int64_t>(o.q_lora_rank, c.hidden_size);
+  j["attention_bias"] = bias || qr > 0;
+  if (qr > 0) {
+    j["q_lora_rank"] = qr + 1;  // PCA rank plus the anchor dimension
+  } else if (bias) {
+    j["q_lora_rank"] = c.hidden_size + 1;  // the query-bias anchor (see ConvertOptions)
+  }
+  j["rope_interleave"] = true;
+  j["rope_theta"] = c.rope_theta;
+  if (!c.rope_scaling.raw.is_null()) j["rope_scaling"] = c.rope_scaling.raw;
+  j["torch_dtype"] = "float32";
+  j["mlaforge_latent_norm"] = false;
+  j["mlaforge_conversion"] = {{"method", "TransMLA: RoRoPE + FreqFold + BKV-PCA"},
+                              {"mode", "exact (mlaforge engine only): no kv_a_layernorm on the latent"},
+                              {"source_model_type", c.model_type},
+                              {"freqfold", rr.freqfold},
+                              {"calibration_tokens", moments.tokens}};
+  res.config_json = j;
+  res.config = ModelConfig::from_json(j, "converted config");
+  // Query scale: original softmax scale over the MLA one (1/sqrt(d + r)), folded into q_proj.
+  const double qscale = static_cast<double>(c.attention_scale()) / static_cast<double>(res.config.attention_scale());
+
+  for (const auto& [name, t] : original) {
+    if (name.find(".self_attn.") != std::string::npos) continue;
+    res.weights[name] = t.to(torch::kFloat32).contiguous();
+  }
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  for (int64_t i = 0; i < n_layers; ++i) {
+    if (only_layer >= 0 && i != only_layer) continue;
+    const std::string A = "model.layers." + std::to_string(i) + ".self_attn.";
+    auto get = [&](const std::string& n) {
+      auto it = original.find(A + n);
+      MLA_CHECK(it != original.end(), "missing tensor '", A + n, "'");
+      return it->second.to(torch::kCPU, torch::kFloat64);
+    };
+    auto get_bias = [&](const std::string& n, int64_t rows) {
+      auto it = original.find(A + n);
+      return it != original.end() ? it->second.to(torch::kCPU, torch::kFloat64) : torch::zeros({rows}, f64);
+    };
+    // Biases as an extra input column (constant 1): every linear map below carries them along exactly.
+    auto Wq = torch::cat({get("q_proj.weight"), get_bias("q_proj.bias", H * d).unsqueeze(1)}, 1);
+    auto Wk = torch::cat({get("k_proj.weight"), get_bias("k_proj.bias", L).unsqueeze(1)}, 1);
+    auto Wv = torch::cat({get("v_proj.weight"), get_bias("v_proj.bias", L).unsqueeze(1)}, 1);
+    auto Wo = get("o_proj.weight");
+    const int64_t Dm = c.hidden_size;
+    const auto& S = moments.joint[static_cast<size_t>(i)];
+    KeyRotation rot = key_rotation(S.narrow(0, 0, L).narrow(1, 0, L), n_kv, d, r / 2, rr.freqfold, o.damping);
+    auto Qpe = rot.q.narrow(0, 0, r), Qn = rot.q.narrow(0, r, N);
+
+    // [k_nope; v] = T [k; v]
+    auto T = torch::zeros({N + L, 2 * L}, f64);
+    T.narrow(0, 0, N).narrow(1, 0, L).copy_(Qn);
+    T.narrow(0, N, L).narrow(1, L, L).copy_(torch::eye(L, f64));
+    auto S2 = T.mm(S).mm(T.t());
+    auto diag = S2.diagonal().clamp_min(0).sqrt();
+    double alpha = 1.0;
+    if (o.balance_kv && N > 0) {
+      const double kn = diag.narrow(0, 0, N).mean().item<double>(), vn = diag.narrow(0, N, L).mean().item<double>();
+      if (kn > 0 && vn > 0) alpha = vn / kn;
+    }
+    auto scale = torch::ones({N + L}, f64);
+    scale.narrow(0, 0, N).fill_(alpha);
+    auto S3 = scale.unsqueeze(1) * S2 * scale.unsqueeze(0);
+    S3 = (S3 + S3.t()) / 2;
+    const double eps = o.damping * (S3.trace().item<double>() / static_cast<double>(N + L) + 1e-300);
+    auto [ev, vecs] = torch::linalg_eigh(S3 + eps * torch::eye(N + L, f64));
+    ev = ev.flip(0);
+    auto Pm = vecs.flip(1).narrow(1, 0, R);  // (N + L, R)
+
+    auto Wkv = torch::cat({Wk, Wv}, 0);                           // (2L, D)
+    auto Wdkv = Pm.t().mm(scale.unsqueeze(1) * T.mm(Wkv));        // (R, D)
+    auto Ak = Pm.narrow(0, 0, N) / alpha, Av = Pm.narrow(0, N, L);  // (N, R), (L, R)
+    auto Wkpe = Qpe.mm(Wk);                                       // (r, D)
+    std::vector<torch::Tensor> q_rows, kvb_rows;
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t grp = h / g;
+      auto Wq_h = Wq.narrow(0, h * d, d);  // (d, D)
+      q_rows.push_back(Wq_h * qscale);
+      q_rows.push_back(Qpe.narrow(1, grp * d, d).mm(Wq_h) * qscale);
+      kvb_rows.push_back(Qn.narrow(1, grp * d, d).t().mm(Ak));  // W_UK^h (d, R)
+      kvb_rows.push_back(Av.narrow(0, grp * d, d));            // W_UV^h (d, R)
+    }
+    auto q_all = torch::cat(q_rows, 0);           // (H * (d + r), D + 1)
+    auto kv_a = torch::cat({Wdkv, Wkpe}, 0);      // (R + r, D + 1)
+    if (qr > 0) {
+      MLA_CHECK(moments.input_moment.size() > static_cast<size_t>(i) && moments.input_moment[static_cast<size_t>(i)].defined(),
+                "--q-lora-rank needs the calibration input moments (collect_kv_moments(..., true))");
+      auto Sq = q_all.mm(moments.input_moment[static_cast<size_t>(i)]).mm(q_all.t());  // query second moment
+      Sq = (Sq + Sq.t()) / 2;
+      auto [qev, qvecs] = torch::linalg_eigh(Sq);
+      auto U = qvecs.flip(1).narrow(1, 0, qr);        // (H * (d + r), Rq)
+      auto qa = U.t().mm(q_all);                      // (Rq, D + 1): weights and bias column
+      const double in_norm = moments.max_input_norm.size() > static_cast<size_t>(i)
+                                 ? moments.max_input_norm[static_cast<size_t>(i)] : 1.0;
+      const double Bq = o.anchor_factor * std::max(qa.norm().item<double>() * std::sqrt(in_norm * in_norm + 1), 1e-3);
+      auto qa_w = torch::cat({qa.narrow(1, 0, Dm), torch::zeros({1, Dm}, f64)}, 0);
+      auto qa_b = torch::cat({qa.select(1, Dm), torch::full({1}, Bq, f64)}, 0);
+      auto norm_w = torch::full({qr + 1}, Bq / std::sqrt(static_cast<double>(qr + 1)), f64);
+      norm_w[qr] = 0;
+      res.weights[A + "q_a_proj.weight"] = qa_w.to(torch::kFloat32);
+      res.weights[A + "q_a_proj.bias"] = qa_b.to(torch::kFloat32);
+      res.weights[A + "q_a_layernorm.weight"] = norm_w.to(torch::kFloat32);
+      res.weights[A + "q_b_proj.weight"] = torch::cat({U, torch::zeros({U.size(0), 1}, f64)}, 1).to(torch::kFloat32);
+      res.weights[A + "kv_a_proj_with_mqa.bias"] = kv_a.select(1, Dm).to(torch::kFloat32);
+      res.weights[A + "o_proj.bias"] = get_bias("o_proj.bias", Dm).to(torch::kFloat32);
+    } else if (!bias) {
+      res.weights[A + "q_proj.weight"] = q_all.narrow(1, 0, Dm).to(torch::kFloat32);
+    } else {
+      const double Bq = o.anchor_factor * std::max(
+          moments.max_input_norm.size() > static_cast<size_t>(i) ? moments.max_input_norm[static_cast<size_t>(i)] : 0.0,
+          1e-3);
+      auto qa = torch::cat({torch::eye(Dm, f64), torch::zeros({1, Dm}, f64)}, 0);  // [x; B]
+      auto qa_bias = torch::zeros({Dm + 1}, f64);
+      qa_bias[Dm] = Bq;
+      res.weights[A + "q_a_proj.weight"] = qa.to(torch::kFloat32);
+      res.weights[A + "q_a_proj.bias"] = qa_bias.to(torch::kFloat32);
+      res.weights[A + "q_a_layernorm.weight"] =
+          torch::full({Dm + 1}, Bq / std::sqrt(static_cast<double>(Dm + 1)), torch::kFloat32);
+      auto qb = q_all.clone();
+      qb.select(1, Dm).div_(Bq);
+      res.weights[A + "q_b_proj.weight"] = qb.to(torch::kFloat32);
+      res.weights[A + "kv_a_proj_with_mqa.bias"] = kv_a.select(1, Dm).to(torch::kFloat32);
+      res.weights[A + "o_proj.bias"] = get_bias("o_proj.bias", Dm).to(torch::kFloat32);
+    }
+    res.weights[A + "kv_a_proj_with_mqa.weight"] = kv_a.narrow(1, 0, Dm).to(torch::kFloat32);
+    res.weights[A + "kv_a_layernorm.weight"] = torch::ones({R}, torch::kFloat32);
+    res.weights[A + "kv_b_proj.weight"] = torch::cat(kvb_rows, 0).to(torch::kFloat32);
+    res.weights[A + "o_proj.weight"] = Wo.to(torch::kFloat32);
+
+    LayerReport rep;
+    rep.kv_values_before = 2 * L;
+    rep.kv_values_after = R + r;
+    rep.rope_energy = rot.total_energy > 0 ? rot.rope_energy / rot.total_energy : 0;
+    const double tot = ev.sum().item<double>();
+    rep.pca_energy = tot > 0 ? ev.narrow(0, 0, R).sum().item<double>() / tot : 1;
+    rep.kv_balance = alpha;
+    res.layers.push_back(rep);
+    res.rotations.push_back(std::move(rot));
+  }
+  return res;
+}
+
+ConvertResult convert_sequential(DecoderImpl& model, const StateDict& original,
+                                 const std::vector<std::vector<int64_t>>& docs, const ConvertOptions& o,
+                                 KVMoments* moments_out) {
+  const ModelConfig& c = model.config();
+  check_convertible(c);
+  torch::NoGradGuard no_grad;
+  const int64_t L = c.num_key_value_heads * c.head_dim, n_layers = c.num_hidden_layers;
+  KVMoments m;
+  for (int64_t i = 0; i < n_layers; ++i) m.joint.push_back(torch::zeros({2 * L, 2 * L}, torch::kFloat64));
+  m.max_input_norm.assign(static_cast<size_t>(n_layers), 0.0);
+  const auto device = model.embed->weight.device();
+  // Hidden states of every calibration document at the input of the current layer, as converted so far.
+  std::vector<torch::Tensor> hidden, tokens_of;
+  for (const auto& doc : docs) {
+    if (doc.empty()) continue;
+    auto t = torch::tensor(doc, torch::kInt64).unsqueeze(0).to(device);
+    tokens_of.push_back(t);
+    hidden.push_back(embed_tokens(model, t));
+    m.tokens += t.size(1);
+  }
+  MLA_CHECK(m.tokens > 0, "calibration produced no tokens");
+  for (int64_t i = 0; i < n_layers; ++i) {
+    auto& l = layer_at(model, i);
+    for (auto& h : hidden) {
+      auto xn = l.attn_norm(h);
+      auto kv = torch::cat({l.attn->wk(xn), l.attn->wv(xn)}, -1).reshape({-1, 2 * L}).to(torch::kCPU, torch::kFloat64);
+      m.joint[static_cast<size_t>(i)] += kv.t().mm(kv);
+      auto& mx = m.max_input_norm[static_cast<size_t>(i)];
+      mx = std::max(mx, xn.to(torch::kFloat64).norm(2, -1).max().item<double>());
+      if (o.q_lora_rank > 0) add_input_moment(m, i, xn);
+    }
+    if (i + 1 == n_layers) break;
+    // Convert this layer and push the calibration states through its MLA form.
+    ConvertResult part = convert_to_mla(c, original, m, o, i);
+    MLAAttention attn(part.config, i);
+    for (auto& p : attn->named_parameters()) {
+      auto hf = ours_to_hf(part.config, "layers." + std::to_string(i) + ".attn." + p.key());
+      MLA_CHECK(hf.has_value(), "internal: no HF name for MLA parameter ", p.key());
+      p.value().copy_(part.weights.at(*hf));
+    }
+    attn->to(device, model.embed->weight.scalar_type());
+    attn->eval();
+    RotaryEmbedding rope(part.config, part.config.qk_rope_head_dim);
+    for (size_t k = 0; k < hidden.size(); ++k) {
+      const int64_t T = tokens_of[k].size(1);
+      auto positions = torch::arange(T, tokens_of[k].options()).unsqueeze(0);
+      AttentionContext ctx = build_attention_context(part.config, rope, positions, {}, {}, 0);
+      hidden[k] = finish_layer(l, hidden[k], attn(l.attn_norm(hidden[k]), ctx, nullptr));
+    }
+  }
+  ConvertResult res = convert_to_mla(c, original, m, o);
+  res.config_json["mlaforge_conversion"]["calibration"] = "sequential (layer i on the outputs of converted layers)";
+  if (moments_out) *moments_out = std::move(m);
+  return res;
+}
+
+int64_t search_freqfold(DecoderImpl& model, const StateDict& original, const std::vector<std::vector<int64_t>>& docs,
+                        const ConvertOptions& options, nlohmann::json* trials) {
+  const ModelConfig& c = model.config();
+  MLA_CHECK(docs.size() >= 2, "--freqfold auto needs at least 2 calibration documents (3/4 fit, 1/4 held out)");
+  const size_t held = std::max<size_t>(1, docs.size() / 4);
+  std::vector<std::vector<int64_t>> fit(docs.begin(), docs.end() - static_cast<std::ptrdiff_t>(held)),
+      heldout(docs.end() - static_cast<std::ptrdiff_t>(held), docs.end());
+  KVMoments m = collect_kv_moments(model, fit);
+  ConvertOptions o = options;
+  o.freqfold = 0;
+  o.q_lora_rank = 0;  // the fold only shapes the keys
+  const int64_t cfold = c.head_dim / resolve_ranks(c, o).rope_dim, half = c.head_dim / 2;
+  int64_t best = 0;
+  double best_nll = std::numeric_limits<double>::infinity();
+  if (trials) *trials = nlohmann::json::array();
+  for (int64_t F = 1; F <= half; ++F) {
+    if (half % F != 0 || (F % cfold != 0 && cfold % F != 0)) continue;
+    o.freqfold = F;
+    ConvertResult res = convert_to_mla(c, original, m, o);
+    Decoder mla(res.config);
+    load_weights(*mla, res.weights, "freqfold trial");
+    mla->to(model.embed->weight.device());
+    mla->eval();
+    EvalOptions eo;
+    eo.progress = false;
+    const double nll = evaluate_nll(*mla, heldout, eo).mean_nll;
+    log::info("freqfold ", F, ": held-out calibration NLL ", nll);
+    if (trials) trials->push_back({{"freqfold", F}, {"heldout_nll", nll}});
+    if (nll < best_nll) {
+      best_nll = nll;
+      best = F;
+    }
+  }
+  MLA_CHECK(best > 0, "no valid freqfold for head_dim ", c.head_dim);
+  return best;
+}
+
+void make_deployable(DecoderImpl& model, const std::vector<std::vector<int64_t>>& docs, ConvertResult& res,
+                     double anchor_factor) {
+  const ModelConfig& c = model.config();
+  torch::NoGradGuard no_grad;
+  MLA_CHECK(!res.config.latent_norm, "make_deployable: expects an exact-mode conversion");
+  const int64_t R = res.config.kv_lora_rank, r = res.config.qk_rope_head_dim, n_layers = c.num_hidden_layers;
+  // Largest latent norm over the calibration tokens, per layer.
+  std::vector<torch::Tensor> wdkv;
+  std::vector<double> max_norm(static_cast<size_t>(n_layers), 0.0);
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const std::string A = "model.layers." + std::to_string(i) + ".self_attn.";
+    auto w = res.weights.at(A + "kv_a_proj_with_mqa.weight").narrow(0, 0, R).to(torch::kFloat64);
+    auto it = res.weights.find(A + "kv_a_proj_with_mqa.bias");
+    auto b = it != res.weights.end() ? it->second.narrow(0, 0, R).to(torch::kFloat64) : torch::zeros({R}, torch::kFloat64);
+    wdkv.push_back(torch::cat({w, b.unsqueeze(1)}, 1));  // bias as an extra input column
+  }
+  RotaryEmbedding rope(c, c.head_dim);
+  const auto device = model.embed->weight.device();
+  for (const auto& doc : docs) {
+    if (doc.empty()) continue;
+    const int64_t T = static_cast<int64_t>(doc.size());
+    auto tokens = torch::tensor(doc, torch::kInt64).unsqueeze(0).to(device);
+    auto positions = torch::arange(T, tokens.options()).unsqueeze(0);
+    AttentionContext ctx = build_attention_context(c, rope, positions, {}, {}, 0);
+    auto x = embed_tokens(model, tokens);
+    for (int64_t i = 0; i < n_layers; ++i) {
+      auto& l = layer_at(model, i);
+      auto xn = l.attn_norm(x).reshape({-1, c.hidden_size}).to(torch::kCPU, torch::kFloat64);
+      xn = torch::cat({xn, torch::ones({xn.size(0), 1}, xn.options())}, 1);
+      const double m = xn.mm(wdkv[static_cast<size_t>(i)].t()).norm(2, -1).max().item<double>();
+      max_norm[static_cast<size_t>(i)] = std::max(max_norm[static_cast<size_t>(i)], m);
+      x = l.forward(x, ctx, nullptr);
+    }
+  }
+  double anchor_max = 0;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const std::string A = "model.layers." + std::to_string(i) + ".self_attn.";
+    const double B = anchor_factor * std::max(max_norm[static_cast<size_t>(i)], 1e-3);
+    anchor_max = std::max(anchor_max, B);
+    auto& kva = res.weights.at(A + "kv_a_proj_with_mqa.weight");  // (R + r, D)
+    const int64_t D = kva.size(1);
+    kva = torch::cat({kva.narrow(0, 0, R), torch::zeros({1, D}, kva.options()), kva.narrow(0, R, r)}, 0);
+    auto bias = torch::zeros({R + 1 + r}, torch::kFloat32);
+    auto it = res.weights.find(A + "kv_a_proj_with_mqa.bias");
+    if (it != res.weights.end()) {
+      bias.narrow(0, 0, R).copy_(it->second.narrow(0, 0, R));
+      bias.narrow(0, R + 1, r).copy_(it->second.narrow(0, R, r));
+    }
+    bias[R] = B;
+    res.weights[A + "kv_a_proj_with_mqa.bias"] = bias;
+    auto w = torch::full({R + 1}, B / std::sqrt(static_cast<double>(R + 1)), torch::kFloat64);
+    w[R] = 0;
+    res.weights[A + "kv_a_layernorm.weight"] = w.to(torch::kFloat32);
+    auto& kvb = res.weights.at(A + "kv_b_proj.weight");  // (H * 2d, R)
+    kvb = torch::cat({kvb, torch::zeros({kvb.size(0), 1}, kvb.options())}, 1);
+    if (!res.weights.count(A + "o_proj.bias")) res.weights[A + "o_proj.bias"] = torch::zeros({c.hidden_size}, torch::kFloat32);
+  }
+  res.config_json.erase("mlaforge_latent_norm");
+  res.config_json["kv_lora_rank"] = R + 1;
+  res.config_json["attention_bias"] = true;
+  res.config_json["mlaforge_conversion"]["mode"] =
+      "deployable (stock DeepSeek engines): kv_a_layernorm applied; one anchor latent dimension (kv_a bias up to " +
+      std::to_string(anchor_max) + ") makes the per-token RMS constant, so the norm is undone up to rounding";
+  res.config = ModelConfig::from_json(res.config_json, "converted config");
+  for (auto& l : res.layers) l.kv_values_after += 1;
+}
+
+torch::Tensor mla_reference_forward(DecoderImpl& model, const torch::Tensor& tokens) {
+  const ModelConfig& c = model.config();
+  MLA_CHECK(c.is_mla(), "mla_reference_forward: needs an MLA model");
+  torch::NoGradGuard no_grad;
+  const int64_t B = tokens.size(0), T = tokens.size(1), H = c.num_attention_heads, nope = c.qk_nope_head_dim,
+                r = c.qk_rope_head_dim, vd = c.v_head_dim, R = c.kv_lora_rank;
+  auto freqs = rope_frequencies(c, r, T);
+  auto ang = torch::arange(T, torch::kFloat32).unsqueeze(-1) * freqs.inv_freq;  // (T, r/2)
+  auto x = embed_tokens(model, tokens);
+  auto cs = (ang.cos() * freqs.attention_scaling).to(x.device(), x.scalar_type());
+  auto sn = (ang.sin() * freqs.attention_scaling).to(x.device(), x.scalar_type());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    auto& l = layer_at(model, i);
+    auto& a = *l.mla_attn;
+    auto xn = l.attn_norm(x);
+    auto q = (a.wq ? a.wq(xn) : a.wq_b(a.q_a_norm(a.wq_a(xn)))).view({B, T, H, nope + r}).transpose(1, 2);
+    auto kva = a.wkv_a(xn);
+    auto ckv = kva.narrow(-1, 0, R);
+    if (c.latent_norm) ckv = a.kv_a_norm(ckv);
+    auto kpe = rotate_pairs(kva.narrow(-1, R, r).unsqueeze(1), cs, sn);  // (B, 1, T, r), pairs interleaved
+    auto kv = a.wkv_b(ckv).view({B, T, H, nope + vd}).transpose(1, 2);
+    auto scores = q.narrow(-1, 0, nope).matmul(kv.narrow(-1, 0, nope).transpose(-1, -2)) +
+                  rotate_pairs(q.narrow(-1, nope, r).contiguous(), cs, sn).matmul(kpe.transpose(-1, -2));
+    auto out = causal_softmax(scores * c.attention_scale()).matmul(kv.narrow(-1, nope, vd));  // (B, H, T, v)
+    x = finish_layer(l, x, a.wo(out.transpose(1, 2).reshape({B, T, H * vd})));
+  }
+  return model.logits_from_hidden(model.norm(x));
+}
+
+double verify_mla_engine(DecoderImpl& model, const torch::Tensor& tokens, double tolerance) {
+  torch::NoGradGuard no_grad;
+  auto engine = model.forward(tokens).to(torch::kFloat32);
+  auto ref = mla_reference_forward(model, tokens).to(torch::kFloat32);
+  const double diff = (engine - ref).abs().max().item<double>();
+  const double scale = std::max(1.0, ref.abs().max().item<double>());
+  MLA_CHECK(diff <= tolerance * scale, "MLA engine disagrees with the converter's reference forward (max |logit "
+            "difference| ", diff, " > ", tolerance * scale, "): the rope slice is laid out as interleaved pairs "
+            "(rope_interleave = true); applying half-split (rotate_half) RoPE to it, or any other layout "
+            "mismatch, breaks the model");
+  return diff;
+}
+
+void write_mla_folder(const std::string& dir, const ConvertResult& result, const ModelSource& source) {
+  fs::create_directories(dir);
+  {
+    std::ofstream out(dir + "/config.json");
+    MLA_CHECK(out.good(), dir, "/config.json: cannot write");
+    out << result.config_json.dump(2) << "\n";
+  }
+  save_state_dict(dir, result.weights);
+  for (const auto& f : source.tokenizer_files) {
+    std::error_code ec;
+    fs::copy_file(f, fs::path(dir) / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
+    if (ec) log::warn("could not copy tokenizer file ", f, ": ", ec.message());
+  }
+}
+
+}  // namespace mlaforge

@@ -1,0 +1,140 @@
+#pragma once
+// GQA -> MLA conversion after TransMLA (arXiv 2502.07864), in three stages that tests can check one by one:
+//
+//   1. GQA as one latent head. Each query head's key is the concatenation of all n_kv key heads (width
+//      L = n_kv * d), its query being zero outside its own group's block: q_h . k_g(h) = Qfull_h . Kfull.
+//      Expressed here as a KeyRotation with an identity (permutation-only) rotation and RoPE on every pair.
+//   2. RoRoPE + FreqFold. Per fold of F adjacent RoPE frequencies, the (real, imag) key components of all
+//      KV heads at those frequencies are rotated by the eigenvectors of their uncentred second moment; the
+//      rotation commutes with RoPE when F == 1 (one frequency), so rotating keys and queries alike leaves
+//      q.k unchanged. The top components keep RoPE (the shared rope key, DeepSeek interleaved pairs, pair p
+//      at original frequency index p * d / r); the rest lose it. The result is a "partial-RoPE" model,
+//      evaluated by partial_rope_forward (our own small reference forward).
+//   3. BKV-PCA. The NoPE key part (balanced to the values' norm) and the values are compressed jointly by
+//      PCA to kv_lora_rank R; the result is written in DeepSeek-V3 layout (kv_a_proj_with_mqa, kv_b_proj,
+//      q_proj with per-head [nope d | rope r] rows scaled by sqrt((d + r) / d)). At R = 2L - r it is exact.
+//
+// All statistics are fp64; weights are rotated in fp64 and cast once.
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/checkpoint.h"
+#include "model/decoder.h"
+
+namespace mlaforge {
+
+// Uncentred second moments of each layer's pre-RoPE keys and values, [k; v] (2L x 2L) fp64, gathered
+// from forwards of the original model over calibration documents (each doc one sequence).
+struct KVMoments {
+  std::vector<torch::Tensor> joint;  // per layer (2L, 2L) float64: sum over tokens of [k;v][k;v]^T
+  int64_t tokens = 0;
+  std::vector<double> max_input_norm;  // per layer: largest |attn_norm(x)| (anchors for biases)
+  // Per layer (D + 1, D + 1) float64 second moment of [attn_norm(x); 1]; only with input_moments (for
+  // --q-lora-rank), since it costs D^2 per layer.
+  std::vector<torch::Tensor> input_moment;
+};
+KVMoments collect_kv_moments(DecoderImpl& model, const std::vector<std::vector<int64_t>>& docs,
+                             bool input_moments = false);
+
+// The orthogonal change of key coordinates of one layer (stage 1 and 2).
+struct KeyRotation {
+  torch::Tensor q;              // (L, L) float64; rows [0, 2P): rope pairs (real, imag) interleaved; rest nope
+  torch::Tensor freq_index;     // (P,) int64: each rope pair's index into the original d/2 frequencies
+  int64_t rope_pairs = 0;       // P
+  double rope_energy = 0;       // key energy on the rope rows (of the calibration keys)
+  double total_energy = 0;      // total key energy
+};
+// key_moment (L, L) float64 or undefined (identity rotation: stage 1). rope_pairs P: L/2 keeps RoPE on every
+// component (exact for F == 1); otherwise P = r/2 must divide d/2 and pair p runs at original frequency
+// p*c, c = d/r. freqfold F must divide d/2 and divide or be a multiple of c (F < c: only the fold starting
+// at frequency p*c feeds pair p; the other frequencies of its group lose RoPE).
+KeyRotation key_rotation(const torch::Tensor& key_moment, int64_t n_kv, int64_t head_dim, int64_t rope_pairs,
+                         int64_t freqfold, double damping = 1e-8);
+
+// Logits of the original model with every layer's attention replaced by its partial-RoPE form under the
+// given rotations (scores q.k in rotated coordinates; RoPE only on the rope pairs, at their frequencies).
+torch::Tensor partial_rope_forward(DecoderImpl& model, const std::vector<KeyRotation>& rotations,
+                                   const torch::Tensor& tokens);
+
+struct ConvertOptions {
+  int64_t kv_lora_rank = 512;  // R; capped at 2L - r
+  int64_t rope_dim = 64;       // r; d when d < 64
+  int64_t freqfold = 0;        // 0: d / r (one frequency fold per rope pair); may divide or be a multiple of d / r
+  bool balance_kv = true;      // BKV: scale the NoPE key part to the values' mean column norm
+  double damping = 1e-8;       // relative diagonal damping of the eigen-problems
+  // Biases (Qwen2 q/k/v, Llama attention_bias) ride along as an extra input column: the k/v biases become
+  // the kv_a_proj_with_mqa bias exactly; the query bias needs an input that is constant 1, which DeepSeek's
+  // q_proj lacks, so the query goes through q_a_proj (identity plus an anchor row of bias B = anchor_factor *
+  // max |input|), q_a_layernorm (undoes the RMS, constant up to |x|^2 / B^2) and q_b_proj.
+  double anchor_factor = 1e4;
+  // Query compression (0: none): PCA of the converted query activations to rank Rq gives q_a_proj / q_b_proj;
+  // q_a_layernorm is undone with the same anchor trick (one extra dimension, so q_lora_rank = Rq + 1).
+  // Needs KVMoments::input_moment.
+  int64_t q_lora_rank = 0;
+};
+
+struct LayerReport {
+  int64_t kv_values_before = 0, kv_values_after = 0;  // per token
+  double rope_energy = 0;  // fraction of key energy kept on the RoPE rows
+  double pca_energy = 0;   // fraction of (balanced) [K_nope; V] energy kept by the latent
+  double kv_balance = 1;   // the NoPE-key scale factor
+};
+
+struct ConvertResult {
+  ModelConfig config;  // deepseek_v3, exact mode (mlaforge_latent_norm false)
+  nlohmann::json config_json;
+  StateDict weights;   // HF names, float32
+  std::vector<KeyRotation> rotations;  // the partial-RoPE model the MLA model approximates
+  std::vector<LayerReport> layers;
+};
+
+// Resolved (r, R, F) for a config: defaults and caps applied, constraints checked (errors say why).
+struct ResolvedRanks {
+  int64_t rope_dim, kv_lora_rank, freqfold;
+};
+ResolvedRanks resolve_ranks(const ModelConfig& config, const ConvertOptions& options);
+
+// Throws mlaforge::Error for what the converter cannot (yet) convert: biases, Gemma2, MoE, QK-norm, MLA.
+void check_convertible(const ModelConfig& config);
+
+// The whole conversion from calibration moments. `original` holds HF-named weights of a GQA model.
+// only_layer >= 0 converts that layer alone (the others' attention weights are left out).
+ConvertResult convert_to_mla(const ModelConfig& config, const StateDict& original, const KVMoments& moments,
+                             const ConvertOptions& options, int64_t only_layer = -1);
+
+// Sequential calibration: layer i's moments come from the outputs of layers 0..i-1 already converted to
+// MLA (so each layer's PCA sees, and corrects for, the error of the layers before it). `model` is the
+// original model; its weights `original`. Returns the conversion; the moments used go to moments_out.
+ConvertResult convert_sequential(DecoderImpl& model, const StateDict& original,
+                                 const std::vector<std::vector<int64_t>>& docs, const ConvertOptions& options,
+                                 KVMoments* moments_out = nullptr);
+
+// --freqfold auto: tries every valid fold (divides d/2, divides or is a multiple of d/r) with a one-pass
+// conversion calibrated on the first 3/4 of `docs` and scores the MLA model's NLL on the last 1/4 (never
+// on evaluation text). Returns the best fold; `trials` (if set) gets {freqfold, heldout_nll} per candidate.
+int64_t search_freqfold(DecoderImpl& model, const StateDict& original, const std::vector<std::vector<int64_t>>& docs,
+                        const ConvertOptions& options, nlohmann::json* trials = nullptr);
+
+// Deployable mode: stock DeepSeek engines always apply kv_a_layernorm (RMSNorm, eps 1e-6) to the latent,
+// which divides each token's latent by its own RMS. This adds one "anchor" latent dimension: a zero row of
+// kv_a_proj_with_mqa with a bias B far above any calibration latent norm (B = anchor_factor * max |c|), so
+// every token's RMS is B / sqrt(R + 1) to relative order |c|^2 / B^2; the norm weight B / sqrt(R + 1)
+// undoes it (0 on the anchor) and kv_b_proj ignores the anchor column. Sets attention_bias (zero o_proj
+// bias), kv_lora_rank R + 1, and drops mlaforge_latent_norm. `original` is the unconverted model.
+void make_deployable(DecoderImpl& original, const std::vector<std::vector<int64_t>>& docs, ConvertResult& result,
+                     double anchor_factor = 1e4);
+
+// Our own reference forward of an MLA model (naive form, interleaved-pair RoPE written out here), used to
+// check that the engine applies RoPE to the rope slice in the layout the converter wrote it in.
+torch::Tensor mla_reference_forward(DecoderImpl& mla_model, const torch::Tensor& tokens);
+// Runs both on `tokens` and throws mlaforge::Error naming the layout problem when they disagree by more
+// than `tolerance` (max abs logit difference, relative to the logit scale). Returns the difference.
+double verify_mla_engine(DecoderImpl& mla_model, const torch::Tensor& tokens, double tolerance = 1e-3);
+
+// Writes config.json (+ generation settings from the source), model.safetensors and tokenizer files.
+void write_mla_folder(const std::string& dir, const ConvertResult& result, const ModelSource& source);
+
+}  // namespace mlaforge
