@@ -628,6 +628,14 @@ void write_mla_folder(const std::string& dir, const ConvertResult& result, const
     fs::copy_file(f, fs::path(dir) / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
     if (ec) log::warn("could not copy tokenizer file ", f, ": ", ec.message());
   }
+  for (const auto& [name, contents] : source.generated_tokenizer_files) {
+    const bool copied = std::any_of(source.tokenizer_files.begin(), source.tokenizer_files.end(),
+                                    [&](const std::string& f) { return fs::path(f).filename() == name; });
+    if (copied) continue;
+    std::ofstream out(fs::path(dir) / name);
+    MLA_CHECK(out.good(), dir, "/", name, ": cannot write");
+    out << contents;
+  }
 }
 
 }  // namespace mlaforge

@@ -34,6 +34,9 @@ struct ModelSource {
   std::string chat_template;             // Jinja template text if the model ships one
   // Extra files to copy when exporting (tokenizer.json, tokenizer_config.json, ...): absolute paths.
   std::vector<std::string> tokenizer_files;
+  // Tokenizer files made from an embedded vocabulary (GGUF): file name -> contents, written on export
+  // where tokenizer_files has no file of that name.
+  std::map<std::string, std::string> generated_tokenizer_files;
 };
 
 // Detects the format from the path and loads it. Throws mlaforge::Error naming the file on bad input.

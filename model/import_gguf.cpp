@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "data/tokenizer.h"
+#include "data/tokenizer_export.h"
 #include "model/checkpoint.h"
 #include "model/gguf.h"
 #include "model/import_common.h"
@@ -309,6 +310,13 @@ ModelSource import_gguf(const std::string& path, const LoadOptions& options) {
       } catch (const Error& e) {
         fail(path, ": embedded tokenizer (tokenizer.ggml.model '", vocab.model, "', pre '", vocab.pre,
              "'): ", e.what());
+      }
+      try {
+        const HfTokenizerFiles files = gguf_vocab_to_hf(vocab, src.chat_template);
+        src.generated_tokenizer_files["tokenizer.json"] = files.tokenizer.dump();
+        src.generated_tokenizer_files["tokenizer_config.json"] = files.tokenizer_config.dump(2);
+      } catch (const Error& e) {
+        log::warn(path, ": exports will carry no tokenizer files: ", e.what());
       }
     } else {
       log::warn(path, ": no embedded tokenizer (tokenizer.ggml.*); pass a tokenizer explicitly");

@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
 # The main job on the embedded default model (SmolLM2-135M-Instruct, a real LLaMA-architecture GQA model:
-# 9 query heads, 3 KV heads): inspect it, measure its perplexity, generate from it.
+# 9 query heads, 3 KV heads): inspect it, measure its perplexity, convert it to MLA with half the KV cache,
+# and generate from the converted model through the absorbed (latent-cache) decode path.
+# Fine-tuning and export join this script with the trainer and checkpoint issues.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${MLAFORGE_BUILD:-$ROOT/build}"
+OUT="${MLAFORGE_DEMO_OUT:-$ROOT/out/demo}"
 "$ROOT/scripts/setup.sh"
 MLAFORGE="$BUILD/bin/mlaforge"
 MODEL="$(cat "$BUILD/default_model.txt")"
-TEXT="$ROOT/recipes/data/demo_eval.txt"
-[ -f "$ROOT/../shared/assets/text/tinystories_val_part1.txt" ] && TEXT="$ROOT/../shared/assets/text/tinystories_val_part1.txt"
+MLA="$OUT/smollm2-mla"
+
+# Calibration and evaluation texts never overlap. With the shared TinyStories sample next to the
+# checkout, calibrate on paragraphs 200-263 and evaluate on the first 40; otherwise use the two small
+# texts of our own in recipes/data.
+STORIES="$ROOT/../shared/assets/text/tinystories_val_part1.txt"
+if [ -f "$STORIES" ]; then
+  EVAL=(--text "$STORIES" --max-docs 40 --max-seq-len 256)
+  CALIB=(--calib "$STORIES" --calib-skip 200 --calib-docs 64 --eval "$STORIES" --eval-docs 40 --eval-len 256)
+else
+  EVAL=(--text "$ROOT/recipes/data/demo_eval.txt" --max-seq-len 256)
+  CALIB=(--calib "$ROOT/recipes/data/demo_calib.txt" --eval "$ROOT/recipes/data/demo_eval.txt" --eval-len 256)
+fi
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-step "mlaforge inspect $MODEL"
+step "mlaforge inspect (the original GQA model)"
 "$MLAFORGE" inspect "$MODEL"
-step "mlaforge eval (first 40 documents of $(basename "$TEXT"), up to 256 tokens each)"
-"$MLAFORGE" eval "$MODEL" --text "$TEXT" --max-docs 40 --max-seq-len 256
-step "mlaforge generate (greedy, KV cache)"
-"$MLAFORGE" generate "$MODEL" --prompt "The three primary colors are" --max-new-tokens 48
+step "mlaforge eval (original)"
+"$MLAFORGE" eval "$MODEL" "${EVAL[@]}"
+step "mlaforge convert: rope key 64 + latent 128 = 192 values/token/layer instead of 384 (half the KV cache)"
+"$MLAFORGE" convert "$MODEL" "$MLA" --rope-dim 64 --kv-lora-rank 128 "${CALIB[@]}"
+step "mlaforge inspect (the converted MLA model)"
+"$MLAFORGE" inspect "$MLA"
+PROMPT="Once upon a time, in a small village by the sea,"
+step "mlaforge generate from the original model (greedy, GQA KV cache)"
+"$MLAFORGE" generate "$MODEL" --prompt "$PROMPT" --max-new-tokens 48
+step "mlaforge generate from the MLA model (greedy, latent KV cache: absorbed decode path)"
+"$MLAFORGE" generate "$MLA" --prompt "$PROMPT" --max-new-tokens 48
+printf '\nConverted model: %s\n' "$MLA"

@@ -13,6 +13,7 @@
 
 #include "core/mmap_file.h"
 #include "data/tokenizer.h"
+#include "data/tokenizer_export.h"
 #include "tests/support/test_support.h"
 
 namespace mlaforge {
@@ -375,6 +376,36 @@ TEST(TokenizerReference, SmolLM2GgufVocab) {
   check_manifest_facts(*tk, "smollm2");
   EXPECT_EQ(tk->bos_id, std::optional<int32_t>(1));
   EXPECT_EQ(tk->eos_id, std::optional<int32_t>(2));
+}
+
+// The GGUF vocabulary written out as tokenizer.json (what `mlaforge convert` puts next to a converted
+// GGUF model) must tokenize exactly like the vocabulary itself, for our loader and for HF tokenizers.
+TEST(TokenizerReference, SmolLM2GgufVocabExportedAsTokenizerJson) {
+  REQUIRE_REFERENCE("smollm2");
+  REQUIRE_TEST_DATA("tokenizers/smollm2_gguf_vocab.json");
+  const GgufVocab vocab = vocab_from_json("smollm2_gguf_vocab.json");
+  const HfTokenizerFiles files = gguf_vocab_to_hf(vocab, "{{ messages }}");
+  const std::string dir = testing::make_temp_dir("tokexport");
+  std::ofstream(dir + "/tokenizer.json") << files.tokenizer.dump();
+  std::ofstream(dir + "/tokenizer_config.json") << files.tokenizer_config.dump(2);
+  auto tk = load_tokenizer(dir);
+  compare_with_reference(*tk, "smollm2");
+  EXPECT_EQ(tk->bos_id, std::optional<int32_t>(1));
+  EXPECT_EQ(tk->eos_id, std::optional<int32_t>(2));
+  EXPECT_EQ(files.tokenizer_config["chat_template"], "{{ messages }}");
+
+  const std::string python = MLAFORGE_PYTHON;
+  if (python.empty()) return;
+  const std::string text = "Hello world 12345 <|im_start|>assistant\n  tabs\tand  spaces \u00e9 \u4e16\u754c \U0001F600";
+  const std::string in = dir + "/text.txt", out = dir + "/hf_ids.json";
+  std::ofstream(in, std::ios::binary) << text;
+  const std::string cmd = python + " -c \"from tokenizers import Tokenizer; import json; t=Tokenizer.from_file('" +
+                          dir + "/tokenizer.json'); json.dump(t.encode(open('" + in +
+                          "',encoding='utf-8').read(), add_special_tokens=False).ids, open('" + out + "','w'))\"";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const auto hf_ids = nlohmann::json::parse(read_text_file(out)).get<std::vector<int32_t>>();
+  EXPECT_EQ(tk->encode(text, false), hf_ids);
+  EXPECT_GT(hf_ids.size(), 20u);
 }
 
 // tokenizer.json files saved by the HF library with the components the real files do not use.
