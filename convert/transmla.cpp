@@ -1,8 +1,10 @@
 #include "convert/transmla.h"
 
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -72,6 +74,32 @@ void check_convertible(const ModelConfig& c) {
 }
 
 namespace {
+// Runs the model over the calibration documents one layer at a time and hands each layer's normed
+// attention input (1, T, D) to `visit` before the layer runs. Returns the number of tokens seen.
+int64_t for_each_attention_input(
+    DecoderImpl& model, const std::vector<std::vector<int64_t>>& docs,
+    const std::function<void(int64_t layer, DecoderLayerImpl& l, const torch::Tensor& xn)>& visit) {
+  const ModelConfig& c = model.config();
+  RotaryEmbedding rope(c, c.head_dim);
+  const auto device = model.embed->weight.device();
+  int64_t tokens_seen = 0;
+  for (const auto& doc : docs) {
+    if (doc.empty()) continue;
+    const int64_t T = static_cast<int64_t>(doc.size());
+    auto tokens = torch::tensor(doc, torch::kInt64).unsqueeze(0).to(device);
+    auto positions = torch::arange(T, tokens.options()).unsqueeze(0);
+    AttentionContext ctx = build_attention_context(c, rope, positions, {}, {}, 0);
+    auto x = embed_tokens(model, tokens);
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      auto& l = layer_at(model, i);
+      visit(i, l, l.attn_norm(x));
+      x = l.forward(x, ctx, nullptr);
+    }
+    tokens_seen += T;
+  }
+  return tokens_seen;
+}
+
 void add_input_moment(KVMoments& m, int64_t i, const torch::Tensor& xn) {
   auto x = xn.reshape({-1, xn.size(-1)}).to(torch::kCPU, torch::kFloat64);
   x = torch::cat({x, torch::ones({x.size(0), 1}, x.options())}, 1);
@@ -90,27 +118,13 @@ KVMoments collect_kv_moments(DecoderImpl& model, const std::vector<std::vector<i
   KVMoments m;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) m.joint.push_back(torch::zeros({2 * L, 2 * L}, torch::kFloat64));
   m.max_input_norm.assign(static_cast<size_t>(c.num_hidden_layers), 0.0);
-  RotaryEmbedding rope(c, c.head_dim);
-  const auto device = model.embed->weight.device();
-  for (const auto& doc : docs) {
-    if (doc.empty()) continue;
-    const int64_t T = static_cast<int64_t>(doc.size());
-    auto tokens = torch::tensor(doc, torch::kInt64).unsqueeze(0).to(device);
-    auto positions = torch::arange(T, tokens.options()).unsqueeze(0);
-    AttentionContext ctx = build_attention_context(c, rope, positions, {}, {}, 0);
-    auto x = embed_tokens(model, tokens);
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      auto& l = layer_at(model, i);
-      auto xn = l.attn_norm(x);
-      auto kv = torch::cat({l.attn->wk(xn), l.attn->wv(xn)}, -1).reshape({-1, 2 * L}).to(torch::kCPU, torch::kFloat64);
-      m.joint[static_cast<size_t>(i)] += kv.t().mm(kv);
-      auto& mx = m.max_input_norm[static_cast<size_t>(i)];
-      mx = std::max(mx, xn.to(torch::kFloat64).norm(2, -1).max().item<double>());
-      if (input_moments) add_input_moment(m, i, xn);
-      x = l.forward(x, ctx, nullptr);
-    }
-    m.tokens += T;
-  }
+  m.tokens = for_each_attention_input(model, docs, [&](int64_t i, DecoderLayerImpl& l, const torch::Tensor& xn) {
+    auto kv = torch::cat({l.attn->wk(xn), l.attn->wv(xn)}, -1).reshape({-1, 2 * L}).to(torch::kCPU, torch::kFloat64);
+    m.joint[static_cast<size_t>(i)] += kv.t().mm(kv);
+    auto& mx = m.max_input_norm[static_cast<size_t>(i)];
+    mx = std::max(mx, xn.to(torch::kFloat64).norm(2, -1).max().item<double>());
+    if (input_moments) add_input_moment(m, i, xn);
+  });
   MLA_CHECK(m.tokens > 0, "calibration produced no tokens");
   return m;
 }
@@ -522,24 +536,12 @@ void make_deployable(DecoderImpl& model, const std::vector<std::vector<int64_t>>
     auto b = it != res.weights.end() ? it->second.narrow(0, 0, R).to(torch::kFloat64) : torch::zeros({R}, torch::kFloat64);
     wdkv.push_back(torch::cat({w, b.unsqueeze(1)}, 1));  // bias as an extra input column
   }
-  RotaryEmbedding rope(c, c.head_dim);
-  const auto device = model.embed->weight.device();
-  for (const auto& doc : docs) {
-    if (doc.empty()) continue;
-    const int64_t T = static_cast<int64_t>(doc.size());
-    auto tokens = torch::tensor(doc, torch::kInt64).unsqueeze(0).to(device);
-    auto positions = torch::arange(T, tokens.options()).unsqueeze(0);
-    AttentionContext ctx = build_attention_context(c, rope, positions, {}, {}, 0);
-    auto x = embed_tokens(model, tokens);
-    for (int64_t i = 0; i < n_layers; ++i) {
-      auto& l = layer_at(model, i);
-      auto xn = l.attn_norm(x).reshape({-1, c.hidden_size}).to(torch::kCPU, torch::kFloat64);
-      xn = torch::cat({xn, torch::ones({xn.size(0), 1}, xn.options())}, 1);
-      const double m = xn.mm(wdkv[static_cast<size_t>(i)].t()).norm(2, -1).max().item<double>();
-      max_norm[static_cast<size_t>(i)] = std::max(max_norm[static_cast<size_t>(i)], m);
-      x = l.forward(x, ctx, nullptr);
-    }
-  }
+  for_each_attention_input(model, docs, [&](int64_t i, DecoderLayerImpl&, const torch::Tensor& normed) {
+    auto xn = normed.reshape({-1, c.hidden_size}).to(torch::kCPU, torch::kFloat64);
+    xn = torch::cat({xn, torch::ones({xn.size(0), 1}, xn.options())}, 1);
+    const double m = xn.mm(wdkv[static_cast<size_t>(i)].t()).norm(2, -1).max().item<double>();
+    max_norm[static_cast<size_t>(i)] = std::max(max_norm[static_cast<size_t>(i)], m);
+  });
   double anchor_max = 0;
   for (int64_t i = 0; i < n_layers; ++i) {
     const std::string A = "model.layers." + std::to_string(i) + ".self_attn.";
