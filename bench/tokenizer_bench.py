@@ -14,7 +14,6 @@ RAYON_NUM_THREADS=1, i.e. one thread) for tokenizer.json files and SmolLM2's GGU
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+from refs_tokenizers import write_corpus  # noqa: E402  (the corpus format the C++ bench reads)
+
+
 def load_docs(assets):
     docs = []
     with open(os.path.join(assets, "text/tinystories_val_part1.txt"), encoding="utf-8") as f:
@@ -35,15 +38,6 @@ def load_docs(assets):
         with open(os.path.join(assets, "reasoning/skythought", name), encoding="utf-8") as f:
             docs += [json.loads(line)["code"][0] for line in f if line.strip()]
     return docs
-
-
-def write_corpus(path, docs):
-    with open(path, "wb") as f:
-        f.write(struct.pack("<I", len(docs)))
-        for d in docs:
-            b = d.encode("utf-8")
-            f.write(struct.pack("<I", len(b)))
-            f.write(b)
 
 
 def best_of(repeat, fn):
