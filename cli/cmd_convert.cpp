@@ -5,9 +5,12 @@
 #include <iostream>
 
 #include "cli/common.h"
+#include "convert/kv_budget.h"
+#include "convert/pipeline.h"
 #include "convert/transmla.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "data/dataset.h"
 #include "data/text.h"
 #include "data/tokenizer.h"
 #include "model/tensor_io.h"
@@ -21,6 +24,8 @@ struct ConvertCommandOptions {
   std::string out;
   ConvertOptions convert;
   std::string calib;
+  std::string calib_column = "text";
+  std::string eval_column = "text";
   size_t calib_docs = 128;
   size_t calib_skip = 0;
   int64_t calib_len = 256;
@@ -30,21 +35,26 @@ struct ConvertCommandOptions {
   std::string mode = "exact";
   bool one_pass = false;
   std::string freqfold = "0";
+  int64_t kv_budget = 0;
+  std::string dtype = "auto";
+  double shard_gb = 2;
 };
 
-std::vector<std::string> read_slice(const std::string& path, size_t skip, size_t count) {
-  TextReadOptions read;
-  read.max_documents = count > 0 ? skip + count : 0;
-  auto docs = read_documents(path, read);
+// Documents [skip, skip + count) of a text file (blank-line separated), JSONL/JSON, Parquet file or
+// dataset folder (`column`, or the conversations' text).
+std::vector<std::string> read_slice(const std::string& path, const std::string& column, size_t skip, size_t count) {
+  auto docs = read_text_documents(path, column);
   MLA_CHECK(docs.size() > skip, path, ": only ", docs.size(), " documents, cannot skip ", skip);
-  return std::vector<std::string>(docs.begin() + static_cast<std::ptrdiff_t>(skip), docs.end());
+  const size_t end = count > 0 ? std::min(docs.size(), skip + count) : docs.size();
+  return std::vector<std::string>(docs.begin() + static_cast<std::ptrdiff_t>(skip),
+                                  docs.begin() + static_cast<std::ptrdiff_t>(end));
 }
 
 }  // namespace
 
 void register_convert(CLI::App& app) {
   auto o = std::make_shared<ConvertCommandOptions>();
-  auto* cmd = app.add_subcommand("convert", "Convert a GQA/MHA model into DeepSeek-format MLA (TransMLA)");
+  auto* cmd = app.add_subcommand("convert", "Convert a GQA/MHA model into MLA (TransMLA): DeepSeek-V3 format, or for gemma2/mixtral the family's own with MLA attention");
   add_model_options(*cmd, o->model);
   cmd->add_option("out", o->out, "output folder (Hugging Face layout)")->required();
   cmd->add_option("--kv-lora-rank", o->convert.kv_lora_rank, "latent rank R (capped at 2 n_kv d - r)")->capture_default_str();
@@ -56,7 +66,12 @@ void register_convert(CLI::App& app) {
   cmd->add_option("--q-lora-rank", o->convert.q_lora_rank,
                   "compress the query by PCA to this rank (0: none; written as q_lora_rank + 1, see the anchor)")
       ->capture_default_str();
-  cmd->add_option("--calib", o->calib, "calibration text (blank-line separated documents, or JSONL)")->required();
+  cmd->add_option("--calib", o->calib,
+                  "calibration documents: a text file (blank-line separated), JSONL/JSON, a Parquet file or a Hugging "
+                  "Face dataset folder")
+      ->required();
+  cmd->add_option("--calib-column", o->calib_column, "text column of a JSONL/Parquet calibration set")->capture_default_str();
+  cmd->add_option("--eval-column", o->eval_column, "text column of a JSONL/Parquet evaluation set")->capture_default_str();
   cmd->add_option("--calib-docs", o->calib_docs, "calibration documents")->capture_default_str();
   cmd->add_option("--calib-skip", o->calib_skip, "skip the first N documents of the calibration file")->capture_default_str();
   cmd->add_option("--calib-len", o->calib_len, "tokens per calibration document, BOS included")->capture_default_str();
@@ -65,66 +80,78 @@ void register_convert(CLI::App& app) {
   cmd->add_option("--eval-len", o->eval_len, "tokens per evaluation document")->capture_default_str();
   cmd->add_option("--mode", o->mode,
                   "exact: no latent norm (mlaforge engine only, function-preserving at full rank); deployable: "
-                  "kv_a_layernorm applied as stock DeepSeek engines do, undone by one anchor latent dimension (+1 KV value)")
+                  "kv_a_layernorm applied as stock DeepSeek engines do, undone by one anchor latent dimension (+1 KV value); "
+                  "not for gemma2/mixtral, which keep their family with MLA attention (exact only)")
       ->check(CLI::IsMember({"exact", "deployable"}))
       ->capture_default_str();
   cmd->add_flag("--one-pass", o->one_pass,
                 "calibrate every layer on the original model's activations (default: sequentially, layer i on the "
                 "outputs of the converted layers before it)");
+  cmd->add_option("--kv-budget", o->kv_budget,
+                  "mean latent rank per layer, allocated per layer from the calibration spectra (exact mode; "
+                  "overrides --kv-lora-rank; 0: one rank for all)")
+      ->capture_default_str();
+  cmd->add_option("--save-dtype", o->dtype, "dtype of the written weights: auto (the source's), float32, bfloat16, float16")
+      ->capture_default_str();
+  cmd->add_option("--shard-size", o->shard_gb, "largest safetensors shard, GiB")->capture_default_str();
   cmd->add_flag("--no-balance", [o](int64_t) { o->convert.balance_kv = false; }, "skip the BKV key/value balancing");
   cmd->add_flag("--json", global_options().json, "machine-readable output");
   cmd->callback([o] {
     run_command([&] {
       const auto start = std::chrono::steady_clock::now();
+      auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
       LoadOptions load;
       load.tokenizer_path = o->model.tokenizer;
+      load.lazy_weights = true;  // Hugging Face folders are streamed layer by layer, never loaded whole
       ModelSource src = load_model_source(o->model.model, load);
       MLA_CHECK(src.tokenizer != nullptr, o->model.model, ": no tokenizer found; pass --tokenizer");
       check_convertible(src.config);
-      const auto device = parse_device(o->model.device);
-      Decoder model = build_model(src, torch::kFloat32, device);
+      if (o->mode == "deployable") check_deployable(src.config);  // before any calibration work
+      WeightReader weights(src);
 
-      auto calib_text = read_slice(o->calib, o->calib_skip, o->calib_docs);
-      auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
-      log::info("loaded ", o->model.model, " (", since(), " s)");
+      PipelineOptions po;
+      po.convert = o->convert;
+      po.sequential = !o->one_pass;
+      po.deployable = o->mode == "deployable";
+      po.device = parse_device(o->model.device);
+      po.out_dir = o->out;
+      po.max_shard_bytes = static_cast<uint64_t>(o->shard_gb * (1ull << 30));
+      po.verify_engine = true;
+      po.progress = !global_options().json;
+      const std::string dtype = o->dtype == "auto" ? src.config.torch_dtype : o->dtype;
+      po.out_dtype = parse_torch_dtype(dtype);
+
+      auto calib_text = read_slice(o->calib, o->calib_column, o->calib_skip, o->calib_docs);
       auto calib = tokenize_documents(*src.tokenizer, src.config, calib_text, o->calib_len);
       log::info("tokenized ", calib.size(), " calibration documents (", since(), " s)");
+      std::vector<std::vector<int64_t>> eval_tokens;
+      if (!o->eval.empty()) {
+        auto eval_text = read_slice(o->eval, o->eval_column, 0, o->eval_docs);
+        eval_tokens = tokenize_documents(*src.tokenizer, src.config, eval_text, o->eval_len);
+      }
       nlohmann::json freqfold_trials;
       if (o->freqfold == "auto") {
-        o->convert.freqfold = search_freqfold(*model, src.weights, calib, o->convert, &freqfold_trials);
-        log::info("freqfold auto: chose ", o->convert.freqfold, " (", since(), " s)");
+        po.convert.freqfold = search_freqfold(src.config, weights, calib, po.convert, po.device, &freqfold_trials);
+        log::info("freqfold auto: chose ", po.convert.freqfold, " (", since(), " s)");
       } else {
         try {
-          o->convert.freqfold = std::stoll(o->freqfold);
+          po.convert.freqfold = std::stoll(o->freqfold);
         } catch (const std::exception&) {
           fail("--freqfold: expected a number or 'auto', got '", o->freqfold, "'");
         }
       }
-      KVMoments moments;
-      ConvertResult res;
-      if (o->one_pass) {
-        moments = collect_kv_moments(*model, calib, o->convert.q_lora_rank > 0);
-        log::info("calibrated on ", moments.tokens, " tokens (", since(), " s)");
-        res = convert_to_mla(src.config, src.weights, moments, o->convert);
-      } else {
-        res = convert_sequential(*model, src.weights, calib, o->convert, &moments);
+      if (o->kv_budget > 0) {
+        MLA_CHECK(!po.deployable, "--kv-budget gives every layer its own latent rank, which stock DeepSeek engines "
+                                  "cannot load: use it with --mode exact");
+        po.layer_ranks = plan_kv_budget(src.config, weights, calib, po, o->kv_budget);
+        log::info("planned the KV budget (", since(), " s)");
       }
-      log::info("converted (", since(), " s)");
-      if (o->mode == "deployable") {
-        make_deployable(*model, calib, res);
-        log::info("made the latent norm deployable (", since(), " s)");
-      }
-
-      Decoder mla(res.config);
-      load_weights(*mla, res.weights, "converted model");
-      mla->to(device);
-      mla->eval();
-      // Self-check: our engine must read the rope slice in the layout the converter wrote.
-      const double engine_diff =
-          verify_mla_engine(*mla, torch::tensor(calib.front(), torch::kInt64).unsqueeze(0).to(device));
-      log::info("engine self-check passed (", since(), " s)");
-      write_mla_folder(o->out, res, src);
-      log::info("wrote ", o->out, " (", since(), " s)");
+      PipelineResult run = convert_streaming(src.config, weights, calib, eval_tokens, po);
+      const ConvertResult& res = run.conversion;
+      write_mla_metadata(o->out, res.config_json, src);
+      log::info("converted and wrote ", o->out, " (", since(), " s)");
+      const int64_t calibration_tokens = res.config_json["mlaforge_conversion"]["calibration_tokens"].get<int64_t>();
+      const double engine_diff = run.engine_max_diff;
 
       nlohmann::json j;
       j["model"] = o->model.model;
@@ -133,10 +160,14 @@ void register_convert(CLI::App& app) {
       j["kv_lora_rank"] = res.config.kv_lora_rank;
       j["qk_rope_head_dim"] = res.config.qk_rope_head_dim;
       j["freqfold"] = res.config_json["mlaforge_conversion"]["freqfold"];
-      j["calibration_tokens"] = moments.tokens;
+      j["calibration_tokens"] = calibration_tokens;
+      j["dtype"] = dtype;
+      j["files"] = run.files.files;
+      j["bytes_written"] = run.files.total_bytes;
+      if (!po.layer_ranks.empty()) j["kv_lora_ranks"] = po.layer_ranks;
       if (!freqfold_trials.is_null()) j["freqfold_search"] = freqfold_trials;
       j["calibration"] = o->one_pass ? "one pass" : "sequential";
-      j["engine_check_max_abs_logit_diff"] = engine_diff;
+      j["engine_check_max_rel_diff"] = engine_diff;
       int64_t before = 0, after = 0;
       nlohmann::json layers = nlohmann::json::array();
       for (size_t i = 0; i < res.layers.size(); ++i) {
@@ -155,17 +186,14 @@ void register_convert(CLI::App& app) {
       j["kv_values_per_token_after"] = after;
       j["kv_bytes_per_token_bf16_before"] = 2 * before;
       j["kv_bytes_per_token_bf16_after"] = 2 * after;
-      if (!o->eval.empty()) {
-        auto eval_text = read_slice(o->eval, 0, o->eval_docs);
-        auto eval_tokens = tokenize_documents(*src.tokenizer, src.config, eval_text, o->eval_len);
-        EvalOptions eo;
-        eo.max_seq_len = o->eval_len;
-        eo.progress = false;
-        auto rb = evaluate_nll(*model, eval_tokens, eo);
-        auto ra = evaluate_nll(*mla, eval_tokens, eo);
-        j["eval"] = {{"text", o->eval},        {"documents", rb.documents},     {"tokens", rb.tokens},
-                     {"ppl_before", rb.perplexity}, {"ppl_after", ra.perplexity}, {"nll_before", rb.mean_nll},
-                     {"nll_after", ra.mean_nll}};
+      if (run.evaluated) {
+        j["eval"] = {{"text", o->eval},
+                     {"documents", run.before.documents},
+                     {"tokens", run.before.tokens},
+                     {"ppl_before", run.before.perplexity},
+                     {"ppl_after", run.after.perplexity},
+                     {"nll_before", run.before.mean_nll},
+                     {"nll_after", run.after.mean_nll}};
       }
       j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       struct rusage usage {};
@@ -178,7 +206,7 @@ void register_convert(CLI::App& app) {
       std::printf("wrote %s (%s)\n", o->out.c_str(), j["mode"].get<std::string>().c_str());
       std::printf("kv_lora_rank %lld, rope dim %lld, freqfold %lld, %lld calibration tokens\n",
                   static_cast<long long>(res.config.kv_lora_rank), static_cast<long long>(res.config.qk_rope_head_dim),
-                  static_cast<long long>(j["freqfold"].get<int64_t>()), static_cast<long long>(moments.tokens));
+                  static_cast<long long>(j["freqfold"].get<int64_t>()), static_cast<long long>(calibration_tokens));
       std::printf("%5s %10s %10s %12s %12s %8s\n", "layer", "KV before", "KV after", "RoPE energy", "PCA energy",
                   "balance");
       for (size_t i = 0; i < res.layers.size(); ++i) {

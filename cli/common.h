@@ -41,5 +41,6 @@ void register_inspect(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_convert(CLI::App& app);
+void register_validate(CLI::App& app);
 
 }  // namespace mlaforge::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   cli::register_eval(app);
   cli::register_generate(app);
   cli::register_convert(app);
+  cli::register_validate(app);
 
   try {
     app.parse(argc, argv);

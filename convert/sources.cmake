@@ -3,3 +3,5 @@ target_sources(mlaforge_torch PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/transmla.cpp
 )
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/../cli/cmd_convert.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/pipeline.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/kv_budget.cpp)

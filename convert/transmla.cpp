@@ -1,5 +1,7 @@
 #include "convert/transmla.h"
 
+#include "convert/pipeline.h"
+
 
 #include <cmath>
 #include <filesystem>
@@ -24,11 +26,17 @@ DecoderLayerImpl& layer_at(DecoderImpl& model, int64_t i) {
   return *model.layers[static_cast<size_t>(i)]->as<DecoderLayerImpl>();
 }
 
-// Causal softmax attention over explicit scores (B, H, T, T) -> probabilities, float32 softmax.
-torch::Tensor causal_softmax(const torch::Tensor& scores) {
+// Attention probabilities of layer `layer` from explicit scaled scores (B, H, T, T), positions 0..T-1, as
+// the engine's attention computes them for the family: Gemma2's soft-cap tanh(s / cap) * cap, the causal
+// mask, narrowed to the sliding window on the layers that slide; float32 softmax.
+torch::Tensor attention_probs(const torch::Tensor& scores, const ModelConfig& c, int64_t layer) {
   const int64_t T = scores.size(-1);
+  auto s = scores.to(torch::kFloat32);
+  if (c.attn_logit_softcapping) s = torch::tanh(s / *c.attn_logit_softcapping) * *c.attn_logit_softcapping;
   auto allowed = torch::ones({T, T}, scores.options().dtype(torch::kBool)).tril();
-  auto s = scores.to(torch::kFloat32).masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  if (c.sliding_window && c.layer_sliding.at(static_cast<size_t>(layer)))
+    allowed = allowed.triu(1 - *c.sliding_window);  // key k visible from query q iff q - window < k <= q
+  s = s.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
   return torch::softmax(s, -1).to(scores.dtype());
 }
 
@@ -64,13 +72,26 @@ torch::Tensor embed_tokens(DecoderImpl& model, const torch::Tensor& tokens) {
 }  // namespace
 
 void check_convertible(const ModelConfig& c) {
-  MLA_CHECK(!c.is_mla(), "the model is already MLA (deepseek_v3); nothing to convert");
-  MLA_CHECK(c.family != Family::gemma2, "gemma2 conversion is not implemented yet (query_pre_attn_scalar, "
-                                        "logit soft-capping and sandwich norms need their own treatment)");
-  MLA_CHECK(!c.is_moe(), "mixtral (MoE) conversion is not implemented yet: DeepSeek export of its experts is missing");
+  MLA_CHECK(!c.is_mla(), "the model's attention is already MLA (", c.model_type, "); nothing to convert");
+  // Gemma2 (query_pre_attn_scalar, soft-capping, sliding layers, sandwich norms) and Mixtral (experts,
+  // sliding window) convert too: only the attention changes, and the converted model keeps its family.
   MLA_CHECK(c.rope_scaling.type != RopeScaling::Type::yarn && c.rope_scaling.type != RopeScaling::Type::dynamic,
             "rope_scaling '", rope_scaling_name(c.rope_scaling.type),
             "' is not supported by the converter (its frequencies depend on the rotary dimension)");
+}
+
+bool conversion_keeps_family(const ModelConfig& c) { return c.family == Family::gemma2 || c.family == Family::mixtral; }
+
+void check_deployable(const ModelConfig& c) {
+  if (!conversion_keeps_family(c)) return;
+  fail("--mode deployable is not available for ", family_name(c.family), ": a converted ", family_name(c.family),
+       " keeps its family with MLA attention (mlaforge engine only, --mode exact), and no stock DeepSeek-V3 "
+       "export reproduces it exactly: ",
+       c.family == Family::gemma2
+           ? "DeepSeek engines have no Gemma2 sandwich norms (post-attention / post-feedforward), attention or "
+             "final logit soft-capping, alternating sliding-window layers or query_pre_attn_scalar"
+           : "DeepSeek-V3's MoE router (sigmoid scores renormalised over the chosen experts, grouped top-k) is "
+             "not Mixtral's softmax top-k router, and DeepSeek engines have no sliding window");
 }
 
 namespace {
@@ -234,7 +255,7 @@ torch::Tensor partial_rope_forward(DecoderImpl& model, const std::vector<KeyRota
       return torch::cat({rotate_pairs(t.narrow(-1, 0, 2 * P), cs, sn), t.narrow(-1, 2 * P, L - 2 * P)}, -1);
     };
     auto scores = rope_part(qf).matmul(rope_part(kf).transpose(-1, -2)) * c.attention_scale();  // (B, H, T, T)
-    auto out = causal_softmax(scores).matmul(v);                                           // (B, H, T, d)
+    auto out = attention_probs(scores, c, i).matmul(v);                                    // (B, H, T, d)
     auto a = l.attn->wo(out.transpose(1, 2).reshape({B, T, H * d}));
     x = finish_layer(l, x, a);
   }
@@ -257,33 +278,54 @@ ResolvedRanks resolve_ranks(const ModelConfig& c, const ConvertOptions& o) {
   return r;
 }
 
-ConvertResult convert_to_mla(const ModelConfig& c, const StateDict& original, const KVMoments& moments,
-                             const ConvertOptions& o, int64_t only_layer) {
+nlohmann::json mla_config_json(const ModelConfig& c, const ConvertOptions& o, const std::vector<int64_t>& layer_ranks,
+                               int64_t calibration_tokens) {
   check_convertible(c);
   const ResolvedRanks rr = resolve_ranks(c, o);
-  const int64_t d = c.head_dim, H = c.num_attention_heads, n_kv = c.num_key_value_heads, g = c.group_size(),
-                L = n_kv * d, r = rr.rope_dim, R = rr.kv_lora_rank, N = L - r, n_layers = c.num_hidden_layers;
-  MLA_CHECK(static_cast<int64_t>(moments.joint.size()) == n_layers, "calibration moments for ",
-            moments.joint.size(), " layers, model has ", n_layers);
-
-  ConvertResult res;
+  const int64_t d = c.head_dim, H = c.num_attention_heads, r = rr.rope_dim, n_layers = c.num_hidden_layers;
+  int64_t R = rr.kv_lora_rank;
+  if (!layer_ranks.empty()) {
+    MLA_CHECK(static_cast<int64_t>(layer_ranks.size()) == n_layers, "per-layer ranks: ", layer_ranks.size(),
+              " given for ", n_layers, " layers");
+    R = *std::max_element(layer_ranks.begin(), layer_ranks.end());
+    for (int64_t rank : layer_ranks)
+      MLA_CHECK(rank >= 1 && rank <= 2 * c.num_key_value_heads * d - r, "per-layer rank ", rank, " outside [1, ",
+                2 * c.num_key_value_heads * d - r, "]");
+  }
   nlohmann::json j = c.raw;
-  for (const char* key : {"head_dim", "mlp_bias", "attention_bias", "num_local_experts", "sliding_window",
-                          "use_sliding_window", "max_window_layers", "rope_parameters"})
-    j.erase(key);
-  j["model_type"] = "deepseek_v3";
-  j["architectures"] = {"DeepseekV3ForCausalLM"};
+  // Gemma2 and Mixtral keep their family (norms, soft-capping, sliding windows, experts) and gain MLA
+  // attention fields plus the "mlaforge_attention" marker (mlaforge engine only); the others become
+  // deepseek_v3, which stock engines load.
+  const bool keep_family = conversion_keeps_family(c);
+  if (keep_family) {
+    j.erase("head_dim");  // the MLA head is nope + rope wide; head_dim would contradict it
+    j["mlaforge_attention"] = "mla";
+    // Gemma2's softmax scale stays query_pre_attn_scalar^-1/2; written out because its default (the GQA
+    // head_dim) no longer holds.
+    if (c.family == Family::gemma2) j["query_pre_attn_scalar"] = c.query_pre_attn_scalar;
+  } else {
+    for (const char* key : {"head_dim", "mlp_bias", "attention_bias", "num_local_experts", "sliding_window",
+                            "use_sliding_window", "max_window_layers", "rope_parameters"})
+      j.erase(key);
+    j["model_type"] = "deepseek_v3";
+    j["architectures"] = {"DeepseekV3ForCausalLM"};
+  }
   j["num_key_value_heads"] = H;
   j["kv_lora_rank"] = R;
+  const bool uniform = layer_ranks.empty() ||
+                       std::all_of(layer_ranks.begin(), layer_ranks.end(), [&](int64_t x) { return x == R; });
+  if (!uniform) j["mlaforge_kv_lora_ranks"] = layer_ranks;
   j["q_lora_rank"] = nullptr;
   j["qk_rope_head_dim"] = r;
   j["qk_nope_head_dim"] = d;
   j["v_head_dim"] = d;
-  j["first_k_dense_replace"] = n_layers;
-  // first_k_dense_replace = num_hidden_layers makes every layer a dense MLP; transformers >= 5 rejects null
-  // n_routed_experts / n_shared_experts, so they are left out.
-  j.erase("n_routed_experts");
-  j.erase("n_shared_experts");
+  if (!keep_family) {
+    j["first_k_dense_replace"] = n_layers;
+    // first_k_dense_replace = num_hidden_layers makes every layer a dense MLP; transformers >= 5 rejects null
+    // n_routed_experts / n_shared_experts, so they are left out.
+    j.erase("n_routed_experts");
+    j.erase("n_shared_experts");
+  }
   const bool bias = c.attention_bias || c.o_proj_bias;
   const int64_t qr = std::min<int64_t>(o.q_lora_rank, c.hidden_size);
   j["attention_bias"] = bias || qr > 0;
@@ -293,136 +335,172 @@ ConvertResult convert_to_mla(const ModelConfig& c, const StateDict& original, co
     j["q_lora_rank"] = c.hidden_size + 1;  // the query-bias anchor (see ConvertOptions)
   }
   j["rope_interleave"] = true;
-  j["rope_theta"] = c.rope_theta;
-  if (!c.rope_scaling.raw.is_null()) j["rope_scaling"] = c.rope_scaling.raw;
+  if (!keep_family) {  // a kept family's rope fields (rope_theta, rope_scaling / rope_parameters) stay as they were
+    j["rope_theta"] = c.rope_theta;
+    if (!c.rope_scaling.raw.is_null()) j["rope_scaling"] = c.rope_scaling.raw;
+  }
   j["torch_dtype"] = "float32";
   j["mlaforge_latent_norm"] = false;
   j["mlaforge_conversion"] = {{"method", "TransMLA: RoRoPE + FreqFold + BKV-PCA"},
                               {"mode", "exact (mlaforge engine only): no kv_a_layernorm on the latent"},
                               {"source_model_type", c.model_type},
                               {"freqfold", rr.freqfold},
-                              {"calibration_tokens", moments.tokens}};
-  res.config_json = j;
-  res.config = ModelConfig::from_json(j, "converted config");
-  // Query scale: original softmax scale over the MLA one (1/sqrt(d + r)), folded into q_proj.
-  const double qscale = static_cast<double>(c.attention_scale()) / static_cast<double>(res.config.attention_scale());
+                              {"calibration_tokens", calibration_tokens}};
+  return j;
+}
 
+LayerMoments layer_moments(const KVMoments& m, int64_t i) {
+  const auto k = static_cast<size_t>(i);
+  MLA_CHECK(k < m.joint.size(), "calibration moments for ", m.joint.size(), " layers, layer ", i, " asked");
+  LayerMoments lm;
+  lm.joint = m.joint[k];
+  if (k < m.input_moment.size()) lm.input_moment = m.input_moment[k];
+  lm.max_input_norm = k < m.max_input_norm.size() ? m.max_input_norm[k] : 1.0;
+  return lm;
+}
+
+LayerConversion convert_layer(const ModelConfig& c, const ModelConfig& mla, const StateDict& original,
+                              const LayerMoments& moments, const ConvertOptions& o, int64_t i) {
+  const ResolvedRanks rr = resolve_ranks(c, o);
+  const int64_t d = c.head_dim, H = c.num_attention_heads, n_kv = c.num_key_value_heads, g = c.group_size(),
+                L = n_kv * d, r = rr.rope_dim, R = mla.kv_lora_rank_at(i), N = L - r, Dm = c.hidden_size;
+  MLA_CHECK(mla.qk_rope_head_dim == r, "internal: MLA config rope dim ", mla.qk_rope_head_dim, " != ", r);
+  // Query scale: original softmax scale over the MLA one, folded into q_proj, so that the MLA model's
+  // scaled scores equal the original's: sqrt((d + r) / d) for 1/sqrt(head_dim) families; 1 for Gemma2,
+  // whose scale query_pre_attn_scalar^-1/2 does not depend on the head width (and whose soft-cap therefore
+  // sees the same scaled scores).
+  const double qscale = static_cast<double>(c.attention_scale()) / static_cast<double>(mla.attention_scale());
+  const bool bias = c.attention_bias || c.o_proj_bias;
+  const int64_t qr = std::min<int64_t>(o.q_lora_rank, c.hidden_size);
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const std::string A = "model.layers." + std::to_string(i) + ".self_attn.";
+  auto get = [&](const std::string& n) {
+    auto it = original.find(A + n);
+    MLA_CHECK(it != original.end(), "missing tensor '", A + n, "'");
+    return it->second.to(torch::kCPU, torch::kFloat64);
+  };
+  auto get_bias = [&](const std::string& n, int64_t rows) {
+    auto it = original.find(A + n);
+    return it != original.end() ? it->second.to(torch::kCPU, torch::kFloat64) : torch::zeros({rows}, f64);
+  };
+  // Biases as an extra input column (constant 1): every linear map below carries them along exactly.
+  auto Wq = torch::cat({get("q_proj.weight"), get_bias("q_proj.bias", H * d).unsqueeze(1)}, 1);
+  auto Wk = torch::cat({get("k_proj.weight"), get_bias("k_proj.bias", L).unsqueeze(1)}, 1);
+  auto Wv = torch::cat({get("v_proj.weight"), get_bias("v_proj.bias", L).unsqueeze(1)}, 1);
+  auto Wo = get("o_proj.weight");
+  const auto& S = moments.joint;
+  MLA_CHECK(S.defined() && S.size(0) == 2 * L, "layer ", i, ": calibration moment missing or mis-shaped");
+  KeyRotation rot = key_rotation(S.narrow(0, 0, L).narrow(1, 0, L), n_kv, d, r / 2, rr.freqfold, o.damping);
+  auto Qpe = rot.q.narrow(0, 0, r), Qn = rot.q.narrow(0, r, N);
+
+  // [k_nope; v] = T [k; v]
+  auto T = torch::zeros({N + L, 2 * L}, f64);
+  T.narrow(0, 0, N).narrow(1, 0, L).copy_(Qn);
+  T.narrow(0, N, L).narrow(1, L, L).copy_(torch::eye(L, f64));
+  auto S2 = T.mm(S).mm(T.t());
+  auto diag = S2.diagonal().clamp_min(0).sqrt();
+  double alpha = 1.0;
+  if (o.balance_kv && N > 0) {
+    const double kn = diag.narrow(0, 0, N).mean().item<double>(), vn = diag.narrow(0, N, L).mean().item<double>();
+    if (kn > 0 && vn > 0) alpha = vn / kn;
+  }
+  auto scale = torch::ones({N + L}, f64);
+  scale.narrow(0, 0, N).fill_(alpha);
+  auto S3 = scale.unsqueeze(1) * S2 * scale.unsqueeze(0);
+  S3 = (S3 + S3.t()) / 2;
+  const double eps = o.damping * (S3.trace().item<double>() / static_cast<double>(N + L) + 1e-300);
+  auto [ev, vecs] = torch::linalg_eigh(S3 + eps * torch::eye(N + L, f64));
+  ev = ev.flip(0);
+  auto Pm = vecs.flip(1).narrow(1, 0, R);  // (N + L, R)
+
+  auto Wkv = torch::cat({Wk, Wv}, 0);                           // (2L, D + 1)
+  auto Wdkv = Pm.t().mm(scale.unsqueeze(1) * T.mm(Wkv));        // (R, D + 1)
+  auto Ak = Pm.narrow(0, 0, N) / alpha, Av = Pm.narrow(0, N, L);  // (N, R), (L, R)
+  auto Wkpe = Qpe.mm(Wk);                                       // (r, D + 1)
+  std::vector<torch::Tensor> q_rows, kvb_rows;
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t grp = h / g;
+    auto Wq_h = Wq.narrow(0, h * d, d);  // (d, D + 1)
+    q_rows.push_back(Wq_h * qscale);
+    q_rows.push_back(Qpe.narrow(1, grp * d, d).mm(Wq_h) * qscale);
+    kvb_rows.push_back(Qn.narrow(1, grp * d, d).t().mm(Ak));  // W_UK^h (d, R)
+    kvb_rows.push_back(Av.narrow(0, grp * d, d));            // W_UV^h (d, R)
+  }
+  auto q_all = torch::cat(q_rows, 0);           // (H * (d + r), D + 1)
+  auto kv_a = torch::cat({Wdkv, Wkpe}, 0);      // (R + r, D + 1)
+  LayerConversion out;
+  StateDict& w = out.weights;
+  if (qr > 0) {
+    MLA_CHECK(moments.input_moment.defined(),
+              "--q-lora-rank needs the calibration input moments (collect_kv_moments(..., true))");
+    auto Sq = q_all.mm(moments.input_moment).mm(q_all.t());  // query second moment
+    Sq = (Sq + Sq.t()) / 2;
+    auto [qev, qvecs] = torch::linalg_eigh(Sq);
+    auto U = qvecs.flip(1).narrow(1, 0, qr);        // (H * (d + r), Rq)
+    auto qa = U.t().mm(q_all);                      // (Rq, D + 1): weights and bias column
+    const double in_norm = moments.max_input_norm;
+    const double Bq = o.anchor_factor * std::max(qa.norm().item<double>() * std::sqrt(in_norm * in_norm + 1), 1e-3);
+    auto qa_w = torch::cat({qa.narrow(1, 0, Dm), torch::zeros({1, Dm}, f64)}, 0);
+    auto qa_b = torch::cat({qa.select(1, Dm), torch::full({1}, Bq, f64)}, 0);
+    auto norm_w = torch::full({qr + 1}, Bq / std::sqrt(static_cast<double>(qr + 1)), f64);
+    norm_w[qr] = 0;
+    w[A + "q_a_proj.weight"] = qa_w.to(torch::kFloat32);
+    w[A + "q_a_proj.bias"] = qa_b.to(torch::kFloat32);
+    w[A + "q_a_layernorm.weight"] = norm_w.to(torch::kFloat32);
+    w[A + "q_b_proj.weight"] = torch::cat({U, torch::zeros({U.size(0), 1}, f64)}, 1).to(torch::kFloat32);
+    w[A + "kv_a_proj_with_mqa.bias"] = kv_a.select(1, Dm).to(torch::kFloat32);
+    w[A + "o_proj.bias"] = get_bias("o_proj.bias", Dm).to(torch::kFloat32);
+  } else if (!bias) {
+    w[A + "q_proj.weight"] = q_all.narrow(1, 0, Dm).to(torch::kFloat32);
+  } else {
+    const double Bq = o.anchor_factor * std::max(moments.max_input_norm, 1e-3);
+    auto qa = torch::cat({torch::eye(Dm, f64), torch::zeros({1, Dm}, f64)}, 0);  // [x; B]
+    auto qa_bias = torch::zeros({Dm + 1}, f64);
+    qa_bias[Dm] = Bq;
+    w[A + "q_a_proj.weight"] = qa.to(torch::kFloat32);
+    w[A + "q_a_proj.bias"] = qa_bias.to(torch::kFloat32);
+    w[A + "q_a_layernorm.weight"] = torch::full({Dm + 1}, Bq / std::sqrt(static_cast<double>(Dm + 1)), torch::kFloat32);
+    auto qb = q_all.clone();
+    qb.select(1, Dm).div_(Bq);
+    w[A + "q_b_proj.weight"] = qb.to(torch::kFloat32);
+    w[A + "kv_a_proj_with_mqa.bias"] = kv_a.select(1, Dm).to(torch::kFloat32);
+    w[A + "o_proj.bias"] = get_bias("o_proj.bias", Dm).to(torch::kFloat32);
+  }
+  w[A + "kv_a_proj_with_mqa.weight"] = kv_a.narrow(1, 0, Dm).to(torch::kFloat32);
+  w[A + "kv_a_layernorm.weight"] = torch::ones({R}, torch::kFloat32);
+  w[A + "kv_b_proj.weight"] = torch::cat(kvb_rows, 0).to(torch::kFloat32);
+  w[A + "o_proj.weight"] = Wo.to(torch::kFloat32);
+
+  out.report.kv_values_before = 2 * L;
+  out.report.kv_values_after = R + r;
+  out.report.rope_energy = rot.total_energy > 0 ? rot.rope_energy / rot.total_energy : 0;
+  const double tot = ev.sum().item<double>();
+  out.report.pca_energy = tot > 0 ? ev.narrow(0, 0, R).sum().item<double>() / tot : 1;
+  out.report.kv_balance = alpha;
+  out.rotation = std::move(rot);
+  out.spectrum = ev;
+  return out;
+}
+
+ConvertResult convert_to_mla(const ModelConfig& c, const StateDict& original, const KVMoments& moments,
+                             const ConvertOptions& o, int64_t only_layer) {
+  check_convertible(c);
+  const int64_t n_layers = c.num_hidden_layers;
+  MLA_CHECK(static_cast<int64_t>(moments.joint.size()) == n_layers, "calibration moments for ",
+            moments.joint.size(), " layers, model has ", n_layers);
+  ConvertResult res;
+  res.config_json = mla_config_json(c, o, {}, moments.tokens);
+  res.config = ModelConfig::from_json(res.config_json, "converted config");
   for (const auto& [name, t] : original) {
     if (name.find(".self_attn.") != std::string::npos) continue;
     res.weights[name] = t.to(torch::kFloat32).contiguous();
   }
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   for (int64_t i = 0; i < n_layers; ++i) {
     if (only_layer >= 0 && i != only_layer) continue;
-    const std::string A = "model.layers." + std::to_string(i) + ".self_attn.";
-    auto get = [&](const std::string& n) {
-      auto it = original.find(A + n);
-      MLA_CHECK(it != original.end(), "missing tensor '", A + n, "'");
-      return it->second.to(torch::kCPU, torch::kFloat64);
-    };
-    auto get_bias = [&](const std::string& n, int64_t rows) {
-      auto it = original.find(A + n);
-      return it != original.end() ? it->second.to(torch::kCPU, torch::kFloat64) : torch::zeros({rows}, f64);
-    };
-    // Biases as an extra input column (constant 1): every linear map below carries them along exactly.
-    auto Wq = torch::cat({get("q_proj.weight"), get_bias("q_proj.bias", H * d).unsqueeze(1)}, 1);
-    auto Wk = torch::cat({get("k_proj.weight"), get_bias("k_proj.bias", L).unsqueeze(1)}, 1);
-    auto Wv = torch::cat({get("v_proj.weight"), get_bias("v_proj.bias", L).unsqueeze(1)}, 1);
-    auto Wo = get("o_proj.weight");
-    const int64_t Dm = c.hidden_size;
-    const auto& S = moments.joint[static_cast<size_t>(i)];
-    KeyRotation rot = key_rotation(S.narrow(0, 0, L).narrow(1, 0, L), n_kv, d, r / 2, rr.freqfold, o.damping);
-    auto Qpe = rot.q.narrow(0, 0, r), Qn = rot.q.narrow(0, r, N);
-
-    // [k_nope; v] = T [k; v]
-    auto T = torch::zeros({N + L, 2 * L}, f64);
-    T.narrow(0, 0, N).narrow(1, 0, L).copy_(Qn);
-    T.narrow(0, N, L).narrow(1, L, L).copy_(torch::eye(L, f64));
-    auto S2 = T.mm(S).mm(T.t());
-    auto diag = S2.diagonal().clamp_min(0).sqrt();
-    double alpha = 1.0;
-    if (o.balance_kv && N > 0) {
-      const double kn = diag.narrow(0, 0, N).mean().item<double>(), vn = diag.narrow(0, N, L).mean().item<double>();
-      if (kn > 0 && vn > 0) alpha = vn / kn;
-    }
-    auto scale = torch::ones({N + L}, f64);
-    scale.narrow(0, 0, N).fill_(alpha);
-    auto S3 = scale.unsqueeze(1) * S2 * scale.unsqueeze(0);
-    S3 = (S3 + S3.t()) / 2;
-    const double eps = o.damping * (S3.trace().item<double>() / static_cast<double>(N + L) + 1e-300);
-    auto [ev, vecs] = torch::linalg_eigh(S3 + eps * torch::eye(N + L, f64));
-    ev = ev.flip(0);
-    auto Pm = vecs.flip(1).narrow(1, 0, R);  // (N + L, R)
-
-    auto Wkv = torch::cat({Wk, Wv}, 0);                           // (2L, D)
-    auto Wdkv = Pm.t().mm(scale.unsqueeze(1) * T.mm(Wkv));        // (R, D)
-    auto Ak = Pm.narrow(0, 0, N) / alpha, Av = Pm.narrow(0, N, L);  // (N, R), (L, R)
-    auto Wkpe = Qpe.mm(Wk);                                       // (r, D)
-    std::vector<torch::Tensor> q_rows, kvb_rows;
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t grp = h / g;
-      auto Wq_h = Wq.narrow(0, h * d, d);  // (d, D)
-      q_rows.push_back(Wq_h * qscale);
-      q_rows.push_back(Qpe.narrow(1, grp * d, d).mm(Wq_h) * qscale);
-      kvb_rows.push_back(Qn.narrow(1, grp * d, d).t().mm(Ak));  // W_UK^h (d, R)
-      kvb_rows.push_back(Av.narrow(0, grp * d, d));            // W_UV^h (d, R)
-    }
-    auto q_all = torch::cat(q_rows, 0);           // (H * (d + r), D + 1)
-    auto kv_a = torch::cat({Wdkv, Wkpe}, 0);      // (R + r, D + 1)
-    if (qr > 0) {
-      MLA_CHECK(moments.input_moment.size() > static_cast<size_t>(i) && moments.input_moment[static_cast<size_t>(i)].defined(),
-                "--q-lora-rank needs the calibration input moments (collect_kv_moments(..., true))");
-      auto Sq = q_all.mm(moments.input_moment[static_cast<size_t>(i)]).mm(q_all.t());  // query second moment
-      Sq = (Sq + Sq.t()) / 2;
-      auto [qev, qvecs] = torch::linalg_eigh(Sq);
-      auto U = qvecs.flip(1).narrow(1, 0, qr);        // (H * (d + r), Rq)
-      auto qa = U.t().mm(q_all);                      // (Rq, D + 1): weights and bias column
-      const double in_norm = moments.max_input_norm.size() > static_cast<size_t>(i)
-                                 ? moments.max_input_norm[static_cast<size_t>(i)] : 1.0;
-      const double Bq = o.anchor_factor * std::max(qa.norm().item<double>() * std::sqrt(in_norm * in_norm + 1), 1e-3);
-      auto qa_w = torch::cat({qa.narrow(1, 0, Dm), torch::zeros({1, Dm}, f64)}, 0);
-      auto qa_b = torch::cat({qa.select(1, Dm), torch::full({1}, Bq, f64)}, 0);
-      auto norm_w = torch::full({qr + 1}, Bq / std::sqrt(static_cast<double>(qr + 1)), f64);
-      norm_w[qr] = 0;
-      res.weights[A + "q_a_proj.weight"] = qa_w.to(torch::kFloat32);
-      res.weights[A + "q_a_proj.bias"] = qa_b.to(torch::kFloat32);
-      res.weights[A + "q_a_layernorm.weight"] = norm_w.to(torch::kFloat32);
-      res.weights[A + "q_b_proj.weight"] = torch::cat({U, torch::zeros({U.size(0), 1}, f64)}, 1).to(torch::kFloat32);
-      res.weights[A + "kv_a_proj_with_mqa.bias"] = kv_a.select(1, Dm).to(torch::kFloat32);
-      res.weights[A + "o_proj.bias"] = get_bias("o_proj.bias", Dm).to(torch::kFloat32);
-    } else if (!bias) {
-      res.weights[A + "q_proj.weight"] = q_all.narrow(1, 0, Dm).to(torch::kFloat32);
-    } else {
-      const double Bq = o.anchor_factor * std::max(
-          moments.max_input_norm.size() > static_cast<size_t>(i) ? moments.max_input_norm[static_cast<size_t>(i)] : 0.0,
-          1e-3);
-      auto qa = torch::cat({torch::eye(Dm, f64), torch::zeros({1, Dm}, f64)}, 0);  // [x; B]
-      auto qa_bias = torch::zeros({Dm + 1}, f64);
-      qa_bias[Dm] = Bq;
-      res.weights[A + "q_a_proj.weight"] = qa.to(torch::kFloat32);
-      res.weights[A + "q_a_proj.bias"] = qa_bias.to(torch::kFloat32);
-      res.weights[A + "q_a_layernorm.weight"] =
-          torch::full({Dm + 1}, Bq / std::sqrt(static_cast<double>(Dm + 1)), torch::kFloat32);
-      auto qb = q_all.clone();
-      qb.select(1, Dm).div_(Bq);
-      res.weights[A + "q_b_proj.weight"] = qb.to(torch::kFloat32);
-      res.weights[A + "kv_a_proj_with_mqa.bias"] = kv_a.select(1, Dm).to(torch::kFloat32);
-      res.weights[A + "o_proj.bias"] = get_bias("o_proj.bias", Dm).to(torch::kFloat32);
-    }
-    res.weights[A + "kv_a_proj_with_mqa.weight"] = kv_a.narrow(1, 0, Dm).to(torch::kFloat32);
-    res.weights[A + "kv_a_layernorm.weight"] = torch::ones({R}, torch::kFloat32);
-    res.weights[A + "kv_b_proj.weight"] = torch::cat(kvb_rows, 0).to(torch::kFloat32);
-    res.weights[A + "o_proj.weight"] = Wo.to(torch::kFloat32);
-
-    LayerReport rep;
-    rep.kv_values_before = 2 * L;
-    rep.kv_values_after = R + r;
-    rep.rope_energy = rot.total_energy > 0 ? rot.rope_energy / rot.total_energy : 0;
-    const double tot = ev.sum().item<double>();
-    rep.pca_energy = tot > 0 ? ev.narrow(0, 0, R).sum().item<double>() / tot : 1;
-    rep.kv_balance = alpha;
-    res.layers.push_back(rep);
-    res.rotations.push_back(std::move(rot));
+    LayerConversion lc = convert_layer(c, res.config, original, layer_moments(moments, i), o, i);
+    for (auto& [name, t] : lc.weights) res.weights[name] = std::move(t);
+    res.layers.push_back(lc.report);
+    res.rotations.push_back(std::move(lc.rotation));
   }
   return res;
 }
@@ -430,85 +508,39 @@ ConvertResult convert_to_mla(const ModelConfig& c, const StateDict& original, co
 ConvertResult convert_sequential(DecoderImpl& model, const StateDict& original,
                                  const std::vector<std::vector<int64_t>>& docs, const ConvertOptions& o,
                                  KVMoments* moments_out) {
-  const ModelConfig& c = model.config();
-  check_convertible(c);
-  torch::NoGradGuard no_grad;
-  const int64_t L = c.num_key_value_heads * c.head_dim, n_layers = c.num_hidden_layers;
-  KVMoments m;
-  for (int64_t i = 0; i < n_layers; ++i) m.joint.push_back(torch::zeros({2 * L, 2 * L}, torch::kFloat64));
-  m.max_input_norm.assign(static_cast<size_t>(n_layers), 0.0);
-  const auto device = model.embed->weight.device();
-  // Hidden states of every calibration document at the input of the current layer, as converted so far.
-  std::vector<torch::Tensor> hidden, tokens_of;
-  for (const auto& doc : docs) {
-    if (doc.empty()) continue;
-    auto t = torch::tensor(doc, torch::kInt64).unsqueeze(0).to(device);
-    tokens_of.push_back(t);
-    hidden.push_back(embed_tokens(model, t));
-    m.tokens += t.size(1);
-  }
-  MLA_CHECK(m.tokens > 0, "calibration produced no tokens");
-  for (int64_t i = 0; i < n_layers; ++i) {
-    auto& l = layer_at(model, i);
-    for (auto& h : hidden) {
-      auto xn = l.attn_norm(h);
-      auto kv = torch::cat({l.attn->wk(xn), l.attn->wv(xn)}, -1).reshape({-1, 2 * L}).to(torch::kCPU, torch::kFloat64);
-      m.joint[static_cast<size_t>(i)] += kv.t().mm(kv);
-      auto& mx = m.max_input_norm[static_cast<size_t>(i)];
-      mx = std::max(mx, xn.to(torch::kFloat64).norm(2, -1).max().item<double>());
-      if (o.q_lora_rank > 0) add_input_moment(m, i, xn);
-    }
-    if (i + 1 == n_layers) break;
-    // Convert this layer and push the calibration states through its MLA form.
-    ConvertResult part = convert_to_mla(c, original, m, o, i);
-    MLAAttention attn(part.config, i);
-    for (auto& p : attn->named_parameters()) {
-      auto hf = ours_to_hf(part.config, "layers." + std::to_string(i) + ".attn." + p.key());
-      MLA_CHECK(hf.has_value(), "internal: no HF name for MLA parameter ", p.key());
-      p.value().copy_(part.weights.at(*hf));
-    }
-    attn->to(device, model.embed->weight.scalar_type());
-    attn->eval();
-    RotaryEmbedding rope(part.config, part.config.qk_rope_head_dim);
-    for (size_t k = 0; k < hidden.size(); ++k) {
-      const int64_t T = tokens_of[k].size(1);
-      auto positions = torch::arange(T, tokens_of[k].options()).unsqueeze(0);
-      AttentionContext ctx = build_attention_context(part.config, rope, positions, {}, {}, 0);
-      hidden[k] = finish_layer(l, hidden[k], attn(l.attn_norm(hidden[k]), ctx, nullptr));
-    }
-  }
-  ConvertResult res = convert_to_mla(c, original, m, o);
-  res.config_json["mlaforge_conversion"]["calibration"] = "sequential (layer i on the outputs of converted layers)";
-  if (moments_out) *moments_out = std::move(m);
-  return res;
+  PipelineOptions po;
+  po.convert = o;
+  po.sequential = true;
+  po.keep_weights = true;
+  po.keep_moments = moments_out != nullptr;
+  po.progress = false;
+  po.device = model.embed->weight.device();
+  PipelineResult r = convert_streaming(model.config(), WeightReader(original, "original model"), docs, {}, po);
+  if (moments_out) *moments_out = std::move(r.moments);
+  return std::move(r.conversion);
 }
 
-int64_t search_freqfold(DecoderImpl& model, const StateDict& original, const std::vector<std::vector<int64_t>>& docs,
-                        const ConvertOptions& options, nlohmann::json* trials) {
-  const ModelConfig& c = model.config();
+int64_t search_freqfold(const ModelConfig& c, const WeightReader& weights, const std::vector<std::vector<int64_t>>& docs,
+                        const ConvertOptions& options, torch::Device device, nlohmann::json* trials) {
   MLA_CHECK(docs.size() >= 2, "--freqfold auto needs at least 2 calibration documents (3/4 fit, 1/4 held out)");
   const size_t held = std::max<size_t>(1, docs.size() / 4);
   std::vector<std::vector<int64_t>> fit(docs.begin(), docs.end() - static_cast<std::ptrdiff_t>(held)),
       heldout(docs.end() - static_cast<std::ptrdiff_t>(held), docs.end());
-  KVMoments m = collect_kv_moments(model, fit);
-  ConvertOptions o = options;
-  o.freqfold = 0;
-  o.q_lora_rank = 0;  // the fold only shapes the keys
-  const int64_t cfold = c.head_dim / resolve_ranks(c, o).rope_dim, half = c.head_dim / 2;
+  PipelineOptions po;
+  po.convert = options;
+  po.convert.freqfold = 0;
+  po.convert.q_lora_rank = 0;  // the fold only shapes the keys
+  po.sequential = false;       // one pass: a cheap, comparable score per fold
+  po.progress = false;
+  po.device = device;
+  const int64_t cfold = c.head_dim / resolve_ranks(c, po.convert).rope_dim, half = c.head_dim / 2;
   int64_t best = 0;
   double best_nll = std::numeric_limits<double>::infinity();
   if (trials) *trials = nlohmann::json::array();
   for (int64_t F = 1; F <= half; ++F) {
     if (half % F != 0 || (F % cfold != 0 && cfold % F != 0)) continue;
-    o.freqfold = F;
-    ConvertResult res = convert_to_mla(c, original, m, o);
-    Decoder mla(res.config);
-    load_weights(*mla, res.weights, "freqfold trial");
-    mla->to(model.embed->weight.device());
-    mla->eval();
-    EvalOptions eo;
-    eo.progress = false;
-    const double nll = evaluate_nll(*mla, heldout, eo).mean_nll;
+    po.convert.freqfold = F;
+    const double nll = convert_streaming(c, weights, fit, heldout, po).after.mean_nll;
     log::info("freqfold ", F, ": held-out calibration NLL ", nll);
     if (trials) trials->push_back({{"freqfold", F}, {"heldout_nll", nll}});
     if (nll < best_nll) {
@@ -520,86 +552,110 @@ int64_t search_freqfold(DecoderImpl& model, const StateDict& original, const std
   return best;
 }
 
+torch::Tensor latent_projection(const StateDict& w, int64_t layer, int64_t R) {
+  const std::string A = "model.layers." + std::to_string(layer) + ".self_attn.";
+  auto weight = w.at(A + "kv_a_proj_with_mqa.weight").narrow(0, 0, R).to(torch::kFloat64);
+  auto it = w.find(A + "kv_a_proj_with_mqa.bias");
+  auto b = it != w.end() ? it->second.narrow(0, 0, R).to(torch::kFloat64) : torch::zeros({R}, torch::kFloat64);
+  return torch::cat({weight, b.unsqueeze(1)}, 1);  // bias as an extra input column
+}
+
+double max_latent_norm(const torch::Tensor& projection, const torch::Tensor& normed_input) {
+  auto xn = normed_input.reshape({-1, normed_input.size(-1)}).to(torch::kCPU, torch::kFloat64);
+  xn = torch::cat({xn, torch::ones({xn.size(0), 1}, xn.options())}, 1);
+  return xn.mm(projection.t()).norm(2, -1).max().item<double>();
+}
+
+double add_latent_anchor(StateDict& w, int64_t layer, int64_t R, int64_t r, int64_t hidden_size, double max_norm,
+                         double anchor_factor) {
+  const std::string A = "model.layers." + std::to_string(layer) + ".self_attn.";
+  const double B = anchor_factor * std::max(max_norm, 1e-3);
+  auto& kva = w.at(A + "kv_a_proj_with_mqa.weight");  // (R + r, D)
+  const int64_t D = kva.size(1);
+  kva = torch::cat({kva.narrow(0, 0, R), torch::zeros({1, D}, kva.options()), kva.narrow(0, R, r)}, 0);
+  auto bias = torch::zeros({R + 1 + r}, torch::kFloat32);
+  auto it = w.find(A + "kv_a_proj_with_mqa.bias");
+  if (it != w.end()) {
+    bias.narrow(0, 0, R).copy_(it->second.narrow(0, 0, R));
+    bias.narrow(0, R + 1, r).copy_(it->second.narrow(0, R, r));
+  }
+  bias[R] = B;
+  w[A + "kv_a_proj_with_mqa.bias"] = bias;
+  auto norm = torch::full({R + 1}, B / std::sqrt(static_cast<double>(R + 1)), torch::kFloat64);
+  norm[R] = 0;
+  w[A + "kv_a_layernorm.weight"] = norm.to(torch::kFloat32);
+  auto& kvb = w.at(A + "kv_b_proj.weight");  // (H * 2d, R)
+  kvb = torch::cat({kvb, torch::zeros({kvb.size(0), 1}, kvb.options())}, 1);
+  if (!w.count(A + "o_proj.bias")) w[A + "o_proj.bias"] = torch::zeros({hidden_size}, torch::kFloat32);
+  return B;
+}
+
+void mark_deployable(nlohmann::json& j, double anchor_max) {
+  MLA_CHECK(j.value("model_type", "") == "deepseek_v3",
+            "deployable mode writes a stock DeepSeek-V3 model; this conversion keeps its family (model_type '",
+            j.value("model_type", ""), "', MLA attention for the mlaforge engine), which stock engines cannot run: "
+            "use --mode exact (see convert/README.md)");
+  MLA_CHECK(!j.contains("mlaforge_kv_lora_ranks"), "deployable mode needs one kv_lora_rank for every layer (stock "
+            "DeepSeek engines have no per-layer ranks); per-layer ranks (--kv-budget) are exact mode only");
+  j.erase("mlaforge_latent_norm");
+  j["kv_lora_rank"] = j["kv_lora_rank"].get<int64_t>() + 1;
+  j["attention_bias"] = true;
+  j["mlaforge_conversion"]["mode"] =
+      "deployable (stock DeepSeek engines): kv_a_layernorm applied; one anchor latent dimension (kv_a bias up to " +
+      std::to_string(anchor_max) + ") makes the per-token RMS constant, so the norm is undone up to rounding";
+}
+
 void make_deployable(DecoderImpl& model, const std::vector<std::vector<int64_t>>& docs, ConvertResult& res,
                      double anchor_factor) {
   const ModelConfig& c = model.config();
+  check_deployable(c);
   torch::NoGradGuard no_grad;
   MLA_CHECK(!res.config.latent_norm, "make_deployable: expects an exact-mode conversion");
-  const int64_t R = res.config.kv_lora_rank, r = res.config.qk_rope_head_dim, n_layers = c.num_hidden_layers;
-  // Largest latent norm over the calibration tokens, per layer.
-  std::vector<torch::Tensor> wdkv;
+  const int64_t r = res.config.qk_rope_head_dim, n_layers = c.num_hidden_layers;
+  std::vector<torch::Tensor> projections;
+  for (int64_t i = 0; i < n_layers; ++i) projections.push_back(latent_projection(res.weights, i, res.config.kv_lora_rank_at(i)));
   std::vector<double> max_norm(static_cast<size_t>(n_layers), 0.0);
-  for (int64_t i = 0; i < n_layers; ++i) {
-    const std::string A = "model.layers." + std::to_string(i) + ".self_attn.";
-    auto w = res.weights.at(A + "kv_a_proj_with_mqa.weight").narrow(0, 0, R).to(torch::kFloat64);
-    auto it = res.weights.find(A + "kv_a_proj_with_mqa.bias");
-    auto b = it != res.weights.end() ? it->second.narrow(0, 0, R).to(torch::kFloat64) : torch::zeros({R}, torch::kFloat64);
-    wdkv.push_back(torch::cat({w, b.unsqueeze(1)}, 1));  // bias as an extra input column
-  }
   for_each_attention_input(model, docs, [&](int64_t i, DecoderLayerImpl&, const torch::Tensor& normed) {
-    auto xn = normed.reshape({-1, c.hidden_size}).to(torch::kCPU, torch::kFloat64);
-    xn = torch::cat({xn, torch::ones({xn.size(0), 1}, xn.options())}, 1);
-    const double m = xn.mm(wdkv[static_cast<size_t>(i)].t()).norm(2, -1).max().item<double>();
-    max_norm[static_cast<size_t>(i)] = std::max(max_norm[static_cast<size_t>(i)], m);
+    auto& m = max_norm[static_cast<size_t>(i)];
+    m = std::max(m, max_latent_norm(projections[static_cast<size_t>(i)], normed));
   });
   double anchor_max = 0;
-  for (int64_t i = 0; i < n_layers; ++i) {
-    const std::string A = "model.layers." + std::to_string(i) + ".self_attn.";
-    const double B = anchor_factor * std::max(max_norm[static_cast<size_t>(i)], 1e-3);
-    anchor_max = std::max(anchor_max, B);
-    auto& kva = res.weights.at(A + "kv_a_proj_with_mqa.weight");  // (R + r, D)
-    const int64_t D = kva.size(1);
-    kva = torch::cat({kva.narrow(0, 0, R), torch::zeros({1, D}, kva.options()), kva.narrow(0, R, r)}, 0);
-    auto bias = torch::zeros({R + 1 + r}, torch::kFloat32);
-    auto it = res.weights.find(A + "kv_a_proj_with_mqa.bias");
-    if (it != res.weights.end()) {
-      bias.narrow(0, 0, R).copy_(it->second.narrow(0, 0, R));
-      bias.narrow(0, R + 1, r).copy_(it->second.narrow(0, R, r));
-    }
-    bias[R] = B;
-    res.weights[A + "kv_a_proj_with_mqa.bias"] = bias;
-    auto w = torch::full({R + 1}, B / std::sqrt(static_cast<double>(R + 1)), torch::kFloat64);
-    w[R] = 0;
-    res.weights[A + "kv_a_layernorm.weight"] = w.to(torch::kFloat32);
-    auto& kvb = res.weights.at(A + "kv_b_proj.weight");  // (H * 2d, R)
-    kvb = torch::cat({kvb, torch::zeros({kvb.size(0), 1}, kvb.options())}, 1);
-    if (!res.weights.count(A + "o_proj.bias")) res.weights[A + "o_proj.bias"] = torch::zeros({c.hidden_size}, torch::kFloat32);
-  }
-  res.config_json.erase("mlaforge_latent_norm");
-  res.config_json["kv_lora_rank"] = R + 1;
-  res.config_json["attention_bias"] = true;
-  res.config_json["mlaforge_conversion"]["mode"] =
-      "deployable (stock DeepSeek engines): kv_a_layernorm applied; one anchor latent dimension (kv_a bias up to " +
-      std::to_string(anchor_max) + ") makes the per-token RMS constant, so the norm is undone up to rounding";
+  for (int64_t i = 0; i < n_layers; ++i)
+    anchor_max = std::max(anchor_max, add_latent_anchor(res.weights, i, res.config.kv_lora_rank_at(i), r, c.hidden_size,
+                                                        max_norm[static_cast<size_t>(i)], anchor_factor));
+  mark_deployable(res.config_json, anchor_max);
   res.config = ModelConfig::from_json(res.config_json, "converted config");
   for (auto& l : res.layers) l.kv_values_after += 1;
+}
+
+torch::Tensor mla_reference_attention(MLAAttentionImpl& a, const ModelConfig& c, int64_t layer, const torch::Tensor& xn) {
+  torch::NoGradGuard no_grad;
+  const int64_t B = xn.size(0), T = xn.size(1), H = c.num_attention_heads, nope = c.qk_nope_head_dim,
+                r = c.qk_rope_head_dim, vd = c.v_head_dim, R = c.kv_lora_rank_at(layer);
+  auto freqs = rope_frequencies(c, r, T);
+  auto ang = torch::arange(T, torch::kFloat32).unsqueeze(-1) * freqs.inv_freq;  // (T, r/2)
+  auto cs = (ang.cos() * freqs.attention_scaling).to(xn.device(), xn.scalar_type());
+  auto sn = (ang.sin() * freqs.attention_scaling).to(xn.device(), xn.scalar_type());
+  auto q = (a.wq ? a.wq(xn) : a.wq_b(a.q_a_norm(a.wq_a(xn)))).view({B, T, H, nope + r}).transpose(1, 2);
+  auto kva = a.wkv_a(xn);
+  auto ckv = kva.narrow(-1, 0, R);
+  if (c.latent_norm) ckv = a.kv_a_norm(ckv);
+  auto kpe = rotate_pairs(kva.narrow(-1, R, r).unsqueeze(1), cs, sn);  // (B, 1, T, r), pairs interleaved
+  auto kv = a.wkv_b(ckv).view({B, T, H, nope + vd}).transpose(1, 2);
+  auto scores = q.narrow(-1, 0, nope).matmul(kv.narrow(-1, 0, nope).transpose(-1, -2)) +
+                rotate_pairs(q.narrow(-1, nope, r).contiguous(), cs, sn).matmul(kpe.transpose(-1, -2));
+  auto out = attention_probs(scores * c.attention_scale(), c, layer).matmul(kv.narrow(-1, nope, vd));  // (B, H, T, v)
+  return a.wo(out.transpose(1, 2).reshape({B, T, H * vd}));
 }
 
 torch::Tensor mla_reference_forward(DecoderImpl& model, const torch::Tensor& tokens) {
   const ModelConfig& c = model.config();
   MLA_CHECK(c.is_mla(), "mla_reference_forward: needs an MLA model");
   torch::NoGradGuard no_grad;
-  const int64_t B = tokens.size(0), T = tokens.size(1), H = c.num_attention_heads, nope = c.qk_nope_head_dim,
-                r = c.qk_rope_head_dim, vd = c.v_head_dim, R = c.kv_lora_rank;
-  auto freqs = rope_frequencies(c, r, T);
-  auto ang = torch::arange(T, torch::kFloat32).unsqueeze(-1) * freqs.inv_freq;  // (T, r/2)
   auto x = embed_tokens(model, tokens);
-  auto cs = (ang.cos() * freqs.attention_scaling).to(x.device(), x.scalar_type());
-  auto sn = (ang.sin() * freqs.attention_scaling).to(x.device(), x.scalar_type());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     auto& l = layer_at(model, i);
-    auto& a = *l.mla_attn;
-    auto xn = l.attn_norm(x);
-    auto q = (a.wq ? a.wq(xn) : a.wq_b(a.q_a_norm(a.wq_a(xn)))).view({B, T, H, nope + r}).transpose(1, 2);
-    auto kva = a.wkv_a(xn);
-    auto ckv = kva.narrow(-1, 0, R);
-    if (c.latent_norm) ckv = a.kv_a_norm(ckv);
-    auto kpe = rotate_pairs(kva.narrow(-1, R, r).unsqueeze(1), cs, sn);  // (B, 1, T, r), pairs interleaved
-    auto kv = a.wkv_b(ckv).view({B, T, H, nope + vd}).transpose(1, 2);
-    auto scores = q.narrow(-1, 0, nope).matmul(kv.narrow(-1, 0, nope).transpose(-1, -2)) +
-                  rotate_pairs(q.narrow(-1, nope, r).contiguous(), cs, sn).matmul(kpe.transpose(-1, -2));
-    auto out = causal_softmax(scores * c.attention_scale()).matmul(kv.narrow(-1, nope, vd));  // (B, H, T, v)
-    x = finish_layer(l, x, a.wo(out.transpose(1, 2).reshape({B, T, H * vd})));
+    x = finish_layer(l, x, mla_reference_attention(*l.mla_attn, c, i, l.attn_norm(x)));
   }
   return model.logits_from_hidden(model.norm(x));
 }
@@ -617,14 +673,13 @@ double verify_mla_engine(DecoderImpl& model, const torch::Tensor& tokens, double
   return diff;
 }
 
-void write_mla_folder(const std::string& dir, const ConvertResult& result, const ModelSource& source) {
+void write_mla_metadata(const std::string& dir, const nlohmann::json& config_json, const ModelSource& source) {
   fs::create_directories(dir);
   {
     std::ofstream out(dir + "/config.json");
     MLA_CHECK(out.good(), dir, "/config.json: cannot write");
-    out << result.config_json.dump(2) << "\n";
+    out << config_json.dump(2) << "\n";
   }
-  save_state_dict(dir, result.weights);
   for (const auto& f : source.tokenizer_files) {
     std::error_code ec;
     fs::copy_file(f, fs::path(dir) / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
@@ -638,6 +693,11 @@ void write_mla_folder(const std::string& dir, const ConvertResult& result, const
     MLA_CHECK(out.good(), dir, "/", name, ": cannot write");
     out << contents;
   }
+}
+
+void write_mla_folder(const std::string& dir, const ConvertResult& result, const ModelSource& source) {
+  write_mla_metadata(dir, result.config_json, source);
+  save_state_dict(dir, result.weights);
 }
 
 }  // namespace mlaforge

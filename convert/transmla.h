@@ -12,7 +12,13 @@
 //      evaluated by partial_rope_forward (our own small reference forward).
 //   3. BKV-PCA. The NoPE key part (balanced to the values' norm) and the values are compressed jointly by
 //      PCA to kv_lora_rank R; the result is written in DeepSeek-V3 layout (kv_a_proj_with_mqa, kv_b_proj,
-//      q_proj with per-head [nope d | rope r] rows scaled by sqrt((d + r) / d)). At R = 2L - r it is exact.
+//      q_proj with per-head [nope d | rope r] rows scaled by the original softmax scale over the MLA one,
+//      sqrt((d + r) / d) for 1/sqrt(head_dim) families). At R = 2L - r it is exact.
+//
+// Gemma2 and Mixtral keep their family (convert/README.md): only the attention weights change, the
+// config gains the MLA fields. Gemma2's softmax scale is query_pre_attn_scalar^-1/2 before and after
+// (ModelConfig::attention_scale), so its query scale is 1 and the soft-cap tanh(s / cap) * cap sees
+// exactly the original scaled scores s; its sliding layers stay sliding (same window, same layers).
 //
 // All statistics are fp64; weights are rotated in fp64 and cast once.
 #include <torch/torch.h>
@@ -23,6 +29,7 @@
 
 #include "model/checkpoint.h"
 #include "model/decoder.h"
+#include "model/weight_reader.h"
 
 namespace mlaforge {
 
@@ -76,6 +83,14 @@ struct ConvertOptions {
   int64_t q_lora_rank = 0;
 };
 
+// One layer's share of KVMoments.
+struct LayerMoments {
+  torch::Tensor joint;         // (2L, 2L) float64
+  torch::Tensor input_moment;  // (D + 1, D + 1) float64, or undefined (no --q-lora-rank)
+  double max_input_norm = 1;
+};
+LayerMoments layer_moments(const KVMoments& moments, int64_t layer);
+
 struct LayerReport {
   int64_t kv_values_before = 0, kv_values_after = 0;  // per token
   double rope_energy = 0;  // fraction of key energy kept on the RoPE rows
@@ -84,11 +99,19 @@ struct LayerReport {
 };
 
 struct ConvertResult {
-  ModelConfig config;  // deepseek_v3, exact mode (mlaforge_latent_norm false)
+  ModelConfig config;  // MLA attention (deepseek_v3, or the kept gemma2/mixtral family), exact mode
   nlohmann::json config_json;
   StateDict weights;   // HF names, float32
   std::vector<KeyRotation> rotations;  // the partial-RoPE model the MLA model approximates
   std::vector<LayerReport> layers;
+};
+
+// One converted layer: its attention tensors (HF names, float32), rotation and report.
+struct LayerConversion {
+  StateDict weights;
+  KeyRotation rotation;
+  LayerReport report;
+  torch::Tensor spectrum;  // (L - r + L,) float64: eigenvalues of the balanced [K_nope; V] moment, descending
 };
 
 // Resolved (r, R, F) for a config: defaults and caps applied, constraints checked (errors say why).
@@ -97,8 +120,30 @@ struct ResolvedRanks {
 };
 ResolvedRanks resolve_ranks(const ModelConfig& config, const ConvertOptions& options);
 
-// Throws mlaforge::Error for what the converter cannot (yet) convert: biases, Gemma2, MoE, QK-norm, MLA.
+// Throws mlaforge::Error for what the converter cannot convert: a model that is already MLA, YaRN and
+// dynamic rope scaling (their frequencies depend on the rotary dimension).
 void check_convertible(const ModelConfig& config);
+
+// Whether the converted model keeps the source's family (gemma2, mixtral: MLA attention inside the family's
+// own model, config.json marker "mlaforge_attention": "mla", mlaforge engine only) rather than becoming
+// deepseek_v3 (llama, qwen2, mistral).
+bool conversion_keeps_family(const ModelConfig& config);
+// Throws mlaforge::Error saying why --mode deployable (a stock DeepSeek-V3 export) cannot be exact for this
+// source: Gemma2's sandwich norms / soft-capping / sliding layers and Mixtral's softmax top-k router have no
+// DeepSeek-V3 counterpart. No-op for the families that become deepseek_v3.
+void check_deployable(const ModelConfig& config);
+
+// The converted model's config.json in exact mode: deepseek_v3, or the source's own config with the MLA
+// fields for a family-keeping conversion. layer_ranks: a latent rank per layer (--kv-budget; written as
+// mlaforge_kv_lora_ranks with kv_lora_rank their maximum), empty for the uniform rank.
+nlohmann::json mla_config_json(const ModelConfig& config, const ConvertOptions& options,
+                               const std::vector<int64_t>& layer_ranks, int64_t calibration_tokens);
+
+// Converts layer `layer`'s attention (stages 1-3) from its calibration moments. `original` holds at least
+// that layer's original attention tensors (HF names); `mla` is the converted config (mla_config_json),
+// which gives the layer's latent rank.
+LayerConversion convert_layer(const ModelConfig& config, const ModelConfig& mla, const StateDict& original,
+                              const LayerMoments& moments, const ConvertOptions& options, int64_t layer);
 
 // The whole conversion from calibration moments. `original` holds HF-named weights of a GQA model.
 // only_layer >= 0 converts that layer alone (the others' attention weights are left out).
@@ -113,10 +158,11 @@ ConvertResult convert_sequential(DecoderImpl& model, const StateDict& original,
                                  KVMoments* moments_out = nullptr);
 
 // --freqfold auto: tries every valid fold (divides d/2, divides or is a multiple of d/r) with a one-pass
-// conversion calibrated on the first 3/4 of `docs` and scores the MLA model's NLL on the last 1/4 (never
-// on evaluation text). Returns the best fold; `trials` (if set) gets {freqfold, heldout_nll} per candidate.
-int64_t search_freqfold(DecoderImpl& model, const StateDict& original, const std::vector<std::vector<int64_t>>& docs,
-                        const ConvertOptions& options, nlohmann::json* trials = nullptr);
+// streaming conversion calibrated on the first 3/4 of `docs` and scores the MLA model's NLL on the last
+// 1/4 (never on evaluation text). Returns the best fold; `trials` (if set) gets {freqfold, heldout_nll} per candidate.
+int64_t search_freqfold(const ModelConfig& config, const WeightReader& weights,
+                        const std::vector<std::vector<int64_t>>& docs, const ConvertOptions& options,
+                        torch::Device device = torch::kCPU, nlohmann::json* trials = nullptr);
 
 // Deployable mode: stock DeepSeek engines always apply kv_a_layernorm (RMSNorm, eps 1e-6) to the latent,
 // which divides each token's latent by its own RMS. This adds one "anchor" latent dimension: a zero row of
@@ -127,13 +173,30 @@ int64_t search_freqfold(DecoderImpl& model, const StateDict& original, const std
 void make_deployable(DecoderImpl& original, const std::vector<std::vector<int64_t>>& docs, ConvertResult& result,
                      double anchor_factor = 1e4);
 
+// The per-layer pieces of make_deployable (the streaming pipeline applies them layer by layer):
+// the latent rows of kv_a_proj_with_mqa with its bias as an extra column, (R, D + 1) float64;
+torch::Tensor latent_projection(const StateDict& weights, int64_t layer, int64_t rank);
+// the largest latent norm over normed attention inputs (..., D);
+double max_latent_norm(const torch::Tensor& projection, const torch::Tensor& normed_input);
+// the anchor dimension added to one layer's tensors (returns the anchor bias B);
+double add_latent_anchor(StateDict& weights, int64_t layer, int64_t rank, int64_t rope_dim, int64_t hidden_size,
+                         double max_norm, double anchor_factor);
+// and the config changes (kv_lora_rank + 1, attention_bias, latent norm on). Refuses a config that is not
+// deepseek_v3 (a family-keeping conversion; see check_deployable).
+void mark_deployable(nlohmann::json& config_json, double anchor_max);
+
 // Our own reference forward of an MLA model (naive form, interleaved-pair RoPE written out here), used to
 // check that the engine applies RoPE to the rope slice in the layout the converter wrote it in.
 torch::Tensor mla_reference_forward(DecoderImpl& mla_model, const torch::Tensor& tokens);
+// Its attention block alone: normed input xn (B, T, D) -> (B, T, D), positions 0..T-1.
+torch::Tensor mla_reference_attention(MLAAttentionImpl& attention, const ModelConfig& mla_config, int64_t layer,
+                                      const torch::Tensor& xn);
 // Runs both on `tokens` and throws mlaforge::Error naming the layout problem when they disagree by more
 // than `tolerance` (max abs logit difference, relative to the logit scale). Returns the difference.
 double verify_mla_engine(DecoderImpl& mla_model, const torch::Tensor& tokens, double tolerance = 1e-3);
 
+// Writes config.json and the tokenizer files (copied, or generated from an embedded vocabulary).
+void write_mla_metadata(const std::string& dir, const nlohmann::json& config_json, const ModelSource& source);
 // Writes config.json (+ generation settings from the source), model.safetensors and tokenizer files.
 void write_mla_folder(const std::string& dir, const ConvertResult& result, const ModelSource& source);
 

@@ -65,6 +65,15 @@ void MappedFile::release() {
   size_ = 0;
 }
 
+void drop_mapped_pages(const void* begin, size_t bytes) {
+  if (begin == nullptr || bytes == 0) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(begin) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(begin) + bytes + page - 1) & ~(page - 1);
+  // Advisory: a failure only means the pages stay resident a little longer.
+  ::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
+}
+
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   MLA_CHECK(in.good(), path, ": cannot open (", std::strerror(errno), ")");

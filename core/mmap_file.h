@@ -28,6 +28,11 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Drops the pages of [begin, begin + bytes) of a read-only mapping from this process's resident set
+// (they stay in the page cache and fault back in on the next read). Streaming readers call it after
+// copying a tensor out, so reading a checkpoint tensor by tensor never holds the whole file in RSS.
+void drop_mapped_pages(const void* begin, size_t bytes);
+
 // Whole-file read for small text files (config.json, tokenizer.json). Throws naming the path.
 std::string read_text_file(const std::string& path);
 bool file_exists(const std::string& path);

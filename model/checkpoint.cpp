@@ -39,8 +39,12 @@ ModelSource load_hf_folder(const std::string& dir, const LoadOptions& options) {
   if (!has_safetensors && file_exists((fs::path(dir) / "pytorch_model.bin").string()))
     fail(dir, ": only pytorch_model.bin found; mlaforge reads safetensors (convert with "
               "`model.save_pretrained(dir, safe_serialization=True)`)");
-  auto checkpoint = SafetensorsCheckpoint::open(dir);
-  src.weights = load_safetensors_state(checkpoint);
+  auto checkpoint = std::make_shared<SafetensorsCheckpoint>(SafetensorsCheckpoint::open(dir));
+  if (options.lazy_weights) {
+    src.checkpoint = checkpoint;
+  } else {
+    src.weights = load_safetensors_state(*checkpoint);
+  }
 
   for (const char* name : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                            "generation_config.json", "chat_template.jinja"}) {

@@ -13,6 +13,7 @@ namespace at { class Tensor; }
 namespace mlaforge {
 
 class Tokenizer;
+class SafetensorsCheckpoint;
 
 // Hugging Face tensor name -> tensor. Kept ordered so iteration (and anything written from it) is
 // deterministic.
@@ -23,6 +24,9 @@ struct LoadOptions {
   std::string tokenizer_path;
   // Load the tokenizer at all (eval/generate need it; conversion of weights alone does not).
   bool load_tokenizer = true;
+  // Hugging Face folders only: leave `weights` empty and keep the mapped checkpoint in
+  // ModelSource::checkpoint, to be read tensor by tensor (WeightReader; streaming conversion).
+  bool lazy_weights = false;
 };
 
 struct ModelSource {
@@ -30,6 +34,8 @@ struct ModelSource {
   std::string format;  // "hf", "gguf", "llama2c"
   ModelConfig config;
   StateDict weights;                     // HF names and layout; dtype as stored (GGUF: float32 after dequant)
+  // Set instead of `weights` when loaded with lazy_weights (read through WeightReader).
+  std::shared_ptr<const SafetensorsCheckpoint> checkpoint;
   std::shared_ptr<Tokenizer> tokenizer;  // null when none was found or asked for
   std::string chat_template;             // Jinja template text if the model ships one
   // Extra files to copy when exporting (tokenizer.json, tokenizer_config.json, ...): absolute paths.

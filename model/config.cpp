@@ -112,6 +112,44 @@ std::vector<int64_t> parse_token_ids(const json& j, const char* key, const std::
   return ids;
 }
 
+// The MLA attention fields: a deepseek_v3 config, or a converted gemma2/mixtral marked
+// "mlaforge_attention": "mla". In MLA mode attention_bias has DeepSeek's meaning (biases on the
+// down-projections q_a_proj / kv_a_proj_with_mqa and on o_proj), not the GQA family's.
+void parse_mla_attention(const json& j, ModelConfig& c, const std::string& source) {
+  c.mla_attention = true;
+  c.kv_lora_rank = required<int64_t>(j, "kv_lora_rank", source);
+  c.q_lora_rank = optional_field<int64_t>(j, "q_lora_rank", 0, source);
+  c.qk_rope_head_dim = required<int64_t>(j, "qk_rope_head_dim", source);
+  c.qk_nope_head_dim = required<int64_t>(j, "qk_nope_head_dim", source);
+  c.v_head_dim = required<int64_t>(j, "v_head_dim", source);
+  c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+  c.attention_bias = optional_field<bool>(j, "attention_bias", false, source);
+  c.o_proj_bias = false;  // the GQA field; MLA's o_proj bias follows attention_bias
+  c.rope_interleave = optional_field<bool>(j, "rope_interleave", true, source);
+  c.latent_norm = optional_field<bool>(j, "mlaforge_latent_norm", true, source);
+  if (j.contains("mlaforge_kv_lora_ranks") && !j["mlaforge_kv_lora_ranks"].is_null()) {
+    const auto& ranks = j["mlaforge_kv_lora_ranks"];
+    MLA_CHECK(ranks.is_array(), source, ": mlaforge_kv_lora_ranks must be a list of integers");
+    for (const auto& r : ranks) {
+      MLA_CHECK(r.is_number_integer(), source, ": mlaforge_kv_lora_ranks must be a list of integers");
+      c.kv_lora_ranks.push_back(r.get<int64_t>());
+    }
+  }
+}
+
+// The mlaforge attention marker of a non-DeepSeek family: absent or "gqa" (the family's own attention),
+// or "mla" (a TransMLA conversion that kept its family; gemma2 and mixtral only).
+bool parse_attention_marker(const json& j, Family family, const std::string& source) {
+  if (!j.contains("mlaforge_attention") || j.at("mlaforge_attention").is_null()) return false;
+  MLA_CHECK(j.at("mlaforge_attention").is_string(), source, ": field 'mlaforge_attention' must be \"mla\" or \"gqa\"");
+  const std::string kind = j.at("mlaforge_attention").get<std::string>();
+  if (kind == "gqa") return false;
+  MLA_CHECK(kind == "mla", source, ": field 'mlaforge_attention' must be \"mla\" or \"gqa\", got '", kind, "'");
+  MLA_CHECK(family == Family::gemma2 || family == Family::mixtral, source, ": 'mlaforge_attention': \"mla\" is only "
+            "defined for gemma2 and mixtral (a converted ", family_name(family), " model is written as deepseek_v3)");
+  return true;
+}
+
 }  // namespace
 
 std::string family_name(Family family) {
@@ -212,15 +250,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       break;
     case Family::deepseek_v3:
       c.hidden_act = optional_field<std::string>(j, "hidden_act", "silu", source);
-      c.kv_lora_rank = required<int64_t>(j, "kv_lora_rank", source);
-      c.q_lora_rank = optional_field<int64_t>(j, "q_lora_rank", 0, source);
-      c.qk_rope_head_dim = required<int64_t>(j, "qk_rope_head_dim", source);
-      c.qk_nope_head_dim = required<int64_t>(j, "qk_nope_head_dim", source);
-      c.v_head_dim = required<int64_t>(j, "v_head_dim", source);
-      c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
-      c.attention_bias = optional_field<bool>(j, "attention_bias", false, source);
-      c.rope_interleave = optional_field<bool>(j, "rope_interleave", true, source);
-      c.latent_norm = optional_field<bool>(j, "mlaforge_latent_norm", true, source);
+      parse_mla_attention(j, c, source);
       // transformers makes layer i a MoE block whenever i >= first_k_dense_replace (default 3), even with
       // n_routed_experts 0 (then only the shared expert of moe_intermediate_size remains), so only
       // first_k_dense_replace >= num_hidden_layers means "every layer a dense MLP of intermediate_size".
@@ -234,6 +264,15 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
                "; set first_k_dense_replace to num_hidden_layers for an all-dense model)");
       }
       break;
+  }
+  // A converted gemma2/mixtral: the family's everything, MLA attention. Parsed after the family so that
+  // the MLA fields (head_dim = nope + rope, attention_bias) override the GQA ones.
+  if (f != Family::deepseek_v3 && parse_attention_marker(j, f, source)) {
+    parse_mla_attention(j, c, source);
+    // Gemma2's softmax scale defaults to the GQA head_dim, which an MLA config no longer has.
+    MLA_CHECK(f != Family::gemma2 || (j.contains("query_pre_attn_scalar") && !j["query_pre_attn_scalar"].is_null()),
+              source, ": an MLA gemma2 config needs an explicit query_pre_attn_scalar (its default, head_dim, "
+              "changed with the conversion)");
   }
 
   c.bos_token_id = j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()
@@ -279,6 +318,13 @@ void ModelConfig::validate(const std::string& source) {
     MLA_CHECK(qk_nope_head_dim >= 0, source, ": qk_nope_head_dim must be >= 0");
     MLA_CHECK(num_key_value_heads == num_attention_heads, source,
               ": MLA models need num_key_value_heads == num_attention_heads");
+    if (!kv_lora_ranks.empty()) {
+      MLA_CHECK(static_cast<int64_t>(kv_lora_ranks.size()) == num_hidden_layers, source, ": mlaforge_kv_lora_ranks has ",
+                kv_lora_ranks.size(), " entries for ", num_hidden_layers, " layers");
+      for (size_t i = 0; i < kv_lora_ranks.size(); ++i)
+        MLA_CHECK(kv_lora_ranks[i] >= 1 && kv_lora_ranks[i] <= kv_lora_rank, source, ": mlaforge_kv_lora_ranks[", i,
+                  "] = ", kv_lora_ranks[i], " must be in [1, kv_lora_rank = ", kv_lora_rank, "]");
+    }
   }
   for (int64_t id : eos_token_ids)
     MLA_CHECK(id >= 0 && id < vocab_size, source, ": eos_token_id ", id, " outside the vocabulary");
@@ -302,11 +348,14 @@ void ModelConfig::validate(const std::string& source) {
 }
 
 float ModelConfig::attention_scale() const {
+  // Gemma2 keeps query_pre_attn_scalar^-1/2 with MLA attention too (the converter's query scale
+  // original / MLA scale is then 1, and the soft-cap sees the same scaled scores).
   if (family == Family::gemma2) return static_cast<float>(1.0 / std::sqrt(query_pre_attn_scalar));
   double scale = 1.0 / std::sqrt(static_cast<double>(is_mla() ? qk_nope_head_dim + qk_rope_head_dim : head_dim));
   // DeepSeek (transformers' yarn_apply_mscale) squares mscale(factor, mscale_all_dim) into the softmax
-  // scale for any scaled rope type that sets mscale_all_dim, in practice YaRN.
-  if (is_mla() && rope_scaling.type != RopeScaling::Type::none && rope_scaling.mscale_all_dim &&
+  // scale for any scaled rope type that sets mscale_all_dim, in practice YaRN (DeepSeek's rule, not an
+  // MLA one: a converted family keeps its own).
+  if (family == Family::deepseek_v3 && rope_scaling.type != RopeScaling::Type::none && rope_scaling.mscale_all_dim &&
       *rope_scaling.mscale_all_dim != 0 && rope_scaling.factor > 1) {
     const double m = 0.1 * *rope_scaling.mscale_all_dim * std::log(rope_scaling.factor) + 1.0;
     scale *= m * m;
@@ -319,8 +368,14 @@ float ModelConfig::embedding_multiplier() const {
 }
 
 int64_t ModelConfig::kv_cache_values_per_token_per_layer() const {
-  if (is_mla()) return kv_lora_rank + qk_rope_head_dim;
-  return 2 * num_key_value_heads * head_dim;
+  return num_hidden_layers > 0 ? kv_cache_values_per_token() / num_hidden_layers : 0;
+}
+
+int64_t ModelConfig::kv_cache_values_per_token() const {
+  int64_t total = 0;
+  for (int64_t i = 0; i < num_hidden_layers; ++i)
+    total += is_mla() ? kv_lora_rank_at(i) + qk_rope_head_dim : 2 * num_key_value_heads * head_dim;
+  return total;
 }
 
 int64_t ModelConfig::num_parameters() const {
@@ -329,8 +384,8 @@ int64_t ModelConfig::num_parameters() const {
   if (is_mla()) {
     const int64_t qk = qk_nope_head_dim + qk_rope_head_dim;
     attention += q_lora_rank > 0 ? D * q_lora_rank + q_lora_rank + q_lora_rank * H * qk : D * H * qk;
-    attention += D * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;
-    attention += kv_lora_rank * H * (qk_nope_head_dim + v_head_dim);
+    // Per-layer ranks: counted below from the layers' own ranks.
+    attention += D * qk_rope_head_dim;
     attention += H * v_head_dim * D;
     if (attention_bias) attention += (q_lora_rank > 0 ? q_lora_rank : 0) + kv_lora_rank + qk_rope_head_dim + D;
   } else {
@@ -343,7 +398,13 @@ int64_t ModelConfig::num_parameters() const {
   const int64_t norms = (family == Family::gemma2 ? 4 : 2) * D;
   const int64_t per_layer = attention + mlp + norms;
   const int64_t embeddings = vocab_size * D * (tie_word_embeddings ? 1 : 2);
-  return per_layer * num_hidden_layers + embeddings + D;
+  int64_t latent = 0;  // MLA latent projections, kv_a (latent rows), its norm and kv_b, per layer's rank
+  if (is_mla())
+    for (int64_t i = 0; i < num_hidden_layers; ++i) {
+      const int64_t R = kv_lora_rank_at(i);
+      latent += D * R + R + R * H * (qk_nope_head_dim + v_head_dim) + (attention_bias ? R - kv_lora_rank : 0);
+    }
+  return per_layer * num_hidden_layers + latent + embeddings + D;
 }
 
 nlohmann::json ModelConfig::to_json() const { return raw; }

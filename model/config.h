@@ -68,8 +68,17 @@ struct ModelConfig {
   std::optional<double> attn_logit_softcapping;
   std::optional<double> final_logit_softcapping;
 
-  // DeepSeek-V3 MLA attention (converted models)
-  int64_t kv_lora_rank = 0;
+  // MLA attention. The attention kind is independent of the family: deepseek_v3 always has it; a converted
+  // gemma2 or mixtral keeps its family (norms, soft-capping, sliding windows, experts) and carries the MLA
+  // fields below plus the mlaforge marker "mlaforge_attention": "mla" in its config.json (mlaforge engine
+  // only: no stock engine runs MLA attention inside those families). A converted llama/qwen2/mistral is
+  // written as deepseek_v3 instead, which stock engines load.
+  bool mla_attention = false;
+  int64_t kv_lora_rank = 0;  // the largest layer's latent rank
+  // mlaforge extension (config.json "mlaforge_kv_lora_ranks"): a latent rank per layer (a --kv-budget
+  // conversion); empty: every layer has kv_lora_rank. Stock DeepSeek engines cannot read it, so only
+  // exact-mode (mlaforge engine) exports carry it.
+  std::vector<int64_t> kv_lora_ranks;
   int64_t q_lora_rank = 0;  // 0: no query compression
   int64_t qk_rope_head_dim = 0;
   int64_t qk_nope_head_dim = 0;
@@ -95,14 +104,20 @@ struct ModelConfig {
   void validate(const std::string& source);
   nlohmann::json to_json() const;
 
-  bool is_mla() const { return family == Family::deepseek_v3; }
+  // The attention is MLA (latent KV cache), whatever the family.
+  bool is_mla() const { return mla_attention; }
   bool is_moe() const { return num_local_experts > 0; }
   int64_t group_size() const { return num_attention_heads / num_key_value_heads; }
   float attention_scale() const;  // softmax scale applied to q.k
   float embedding_multiplier() const;  // Gemma2 scales embeddings by sqrt(hidden)
   int64_t num_parameters() const;
   // KV-cache elements per token per layer (K and V for GQA; latent + rope key for MLA).
+  // For per-layer MLA ranks: the mean over layers (rounded down); kv_cache_values_per_token is exact.
   int64_t kv_cache_values_per_token_per_layer() const;
+  int64_t kv_cache_values_per_token() const;  // summed over layers
+  int64_t kv_lora_rank_at(int64_t layer) const {
+    return kv_lora_ranks.empty() ? kv_lora_rank : kv_lora_ranks.at(static_cast<size_t>(layer));
+  }
 };
 
 }  // namespace mlaforge

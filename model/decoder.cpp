@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "model/weight_names.h"
+#include "model/weight_reader.h"
 
 namespace mlaforge {
 
@@ -60,7 +61,10 @@ torch::Tensor DecoderImpl::hidden(const torch::Tensor& tokens, const ForwardOpti
     // Gemma multiplies by sqrt(D) rounded to the activation dtype, as transformers does.
     x = x * torch::tensor(config_.embedding_multiplier(), x.options()).to(x.dtype());
   }
-  for (const auto& layer : *layers) x = layer->as<DecoderLayerImpl>()->forward(x, ctx, options.cache);
+  for (const auto& layer : *layers) {
+    DecoderLayerImpl& l = *layer->as<DecoderLayerImpl>();
+    x = layer_runner ? layer_runner(l, x, ctx, options.cache) : l.forward(x, ctx, options.cache);
+  }
   if (options.cache) options.cache->advance(T);
   return norm(x);
 }
@@ -137,7 +141,11 @@ StateDict export_weights(const DecoderImpl& model) {
 
 Decoder build_model(const ModelSource& source, torch::Dtype dtype, torch::Device device) {
   Decoder model(source.config);
-  load_weights(*model, source.weights, source.path);
+  if (source.checkpoint) {
+    load_weights(*model, read_all(WeightReader(source)), source.path);
+  } else {
+    load_weights(*model, source.weights, source.path);
+  }
   model->to(device, dtype);
   model->eval();
   return model;

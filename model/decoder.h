@@ -3,6 +3,8 @@
 // ModelConfig (norm placement, activations, biases, soft-capping, sliding windows, MoE), not subclasses.
 #include <torch/torch.h>
 
+#include <functional>
+
 #include "model/attention.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
@@ -53,6 +55,13 @@ class DecoderImpl : public torch::nn::Module {
   // MLA models: which attention path every layer takes (default automatic: absorbed with a KV cache,
   // naive without). No effect on GQA models.
   void set_mla_path(MLAPath path);
+
+  // Training hook: when set, hidden() runs every layer as layer_runner(layer, x, ctx, cache) instead of
+  // layer.forward(x, ctx, cache). trainer/activation_checkpoint.h installs one that recomputes each
+  // layer's activations in backward. Null (the default): plain forward.
+  using LayerRunner = std::function<torch::Tensor(DecoderLayerImpl& layer, const torch::Tensor& x,
+                                                  const AttentionContext& ctx, KVCache* cache)>;
+  LayerRunner layer_runner;
 
   torch::nn::Embedding embed{nullptr};
   torch::nn::ModuleList layers;

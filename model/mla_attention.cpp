@@ -25,11 +25,14 @@ MLAAttentionImpl::MLAAttentionImpl(const ModelConfig& c, int64_t layer)
       nope_(c.qk_nope_head_dim),
       rope_(c.qk_rope_head_dim),
       v_dim_(c.v_head_dim),
-      kv_rank_(c.kv_lora_rank),
+      kv_rank_(c.kv_lora_rank_at(layer)),
       rope_interleave_(c.rope_interleave),
       latent_norm_(c.latent_norm),
-      // 1/sqrt(nope + rope), times DeepSeek's YaRN mscale_all_dim correction squared (see ModelConfig).
-      scale_(c.attention_scale()) {
+      sliding_(c.layer_sliding.at(static_cast<size_t>(layer))),
+      // 1/sqrt(nope + rope), times DeepSeek's YaRN mscale_all_dim correction squared; Gemma2's
+      // query_pre_attn_scalar^-1/2 (see ModelConfig::attention_scale).
+      scale_(c.attention_scale()),
+      softcap_(c.attn_logit_softcapping) {
   MLA_CHECK(c.is_mla(), "MLAAttention built for a non-MLA config (", family_name(c.family), ")");
   const int64_t D = c.hidden_size, H = n_head_, qk = nope_ + rope_;
   auto linear = [](int64_t in, int64_t out, bool bias) {
@@ -82,8 +85,9 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttentionC
   auto latent = torch::cat({c_kv, k_pe}, -1);  // (B, 1, T, R + rope)
   if (cache != nullptr) latent = cache->append(layer_, {latent})[0];  // (B, 1, S, R + rope), S = past + T
 
-  auto out = uses_absorbed(cache != nullptr) ? attend_absorbed(q_nope, q_pe, latent, ctx.mask_full)
-                                             : attend_naive(q_nope, q_pe, latent, ctx.mask_full);  // (B, H, T, v)
+  const torch::Tensor& mask = sliding_ ? ctx.mask_sliding : ctx.mask_full;
+  auto out = uses_absorbed(cache != nullptr) ? attend_absorbed(q_nope, q_pe, latent, mask)
+                                             : attend_naive(q_nope, q_pe, latent, mask);  // (B, H, T, v)
   return wo(out.transpose(1, 2).reshape({B, T, H * v_dim_}));  // (B, T, D)
 }
 
@@ -100,8 +104,9 @@ torch::Tensor MLAAttentionImpl::attend_naive(const torch::Tensor& q_nope, const 
   // Every head sees the same rope key; broadcast it next to its own nope key, like the query.
   auto k = torch::cat({k_nope, k_pe.expand({B, H, S, rope_})}, -1);       // (B, H, S, nope + rope)
   auto qq = torch::cat({q_nope, q_pe}, -1);                               // (B, H, T, nope + rope)
-  // Plain MHA from here on (value dim may differ from the qk dim; SDPA allows that).
-  return attention_core(qq, k, v, mask, scale_, std::nullopt);  // (B, H, T, v)
+  // Plain MHA from here on (value dim may differ from the qk dim; SDPA allows that), soft-capped like
+  // GQA attention when the family caps.
+  return attention_core(qq, k, v, mask, scale_, softcap_);  // (B, H, T, v)
 }
 
 torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_nope, const torch::Tensor& q_pe,
@@ -126,16 +131,19 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_nope, con
 
   // The mask (B|1, 1, T, S) repeated over heads to match the folded rows. An undefined mask means plain
   // causality (query t sees keys up to past + t): spelled out here for T > 1 because the folded rows are
-  // not in causal order; a single query sees every key and needs none.
+  // not in causal order; a single query sees every key and needs none for SDPA, but the soft-capped path
+  // (attention_core would take the H folded rows for causal ones) gets one row of tril(S - 1): all keys.
   torch::Tensor allowed = mask;
-  if (!allowed.defined() && T > 1)
+  if (!allowed.defined() && (T > 1 || softcap_))
     allowed = torch::ones({T, S}, q_nope.options().dtype(torch::kBool)).tril(S - T).view({1, 1, T, S});
   std::optional<torch::Tensor> folded_mask;
   if (allowed.defined())
     folded_mask = allowed.expand({allowed.size(0), H, T, S}).reshape({allowed.size(0), 1, H * T, S});  // (B|1, 1, H*T, S)
 
-  auto ctx_lat = at::scaled_dot_product_attention(q_all, latent, c_kv, folded_mask, 0.0, /*is_causal=*/false,
-                                                  scale_);  // (B, 1, H*T, R)
+  // Soft-capping: explicit scores (B, 1, H*T, S), capped, masked, softmax; the same scores as SDPA's.
+  auto ctx_lat = softcap_ ? attention_core(q_all, latent, c_kv, *folded_mask, scale_, softcap_)
+                          : at::scaled_dot_product_attention(q_all, latent, c_kv, folded_mask, 0.0,
+                                                             /*is_causal=*/false, scale_);  // (B, 1, H*T, R)
   ctx_lat = ctx_lat.reshape({B, H, T, R});                  // (B, H, T, R); rows were (h, t)
 
   // sum_s p_s (W_UV c_s) == W_UV (sum_s p_s c_s): one small per-head GEMM after attention.

@@ -13,6 +13,12 @@
 // Both paths compute the same function (up to rounding): with c the normalized latent, q_nope . (W_UK^h c)
 // = (W_UK^h^T q_nope) . c, and sum_s p_s W_UV^h c_s = W_UV^h (sum_s p_s c_s).
 //
+// Family features a converted gemma2/mixtral keeps: sliding-window layers (the same layers GQA attention
+// slides on, ModelConfig::layer_sliding, masked with AttentionContext::mask_sliding) and Gemma2's logit
+// soft-capping tanh(s / cap) * cap on the scaled scores. SDPA cannot soft-cap, so with a cap both paths
+// compute explicit scores; the absorbed path stays exact since its scores q_lat . c + q_pe . k_pe are the
+// naive path's q . k.
+//
 // Parameter names follow model/weight_names.cpp: wq (or wq_a, q_a_norm, wq_b), wkv_a, kv_a_norm, wkv_b, wo.
 #include <torch/torch.h>
 
@@ -58,7 +64,8 @@ class MLAAttentionImpl : public torch::nn::Module {
 
  private:
   // The two attention kernels. q_nope (B, H, T, nope) and q_pe (B, H, T, rope, rotated); latent
-  // (B, 1, S, R + rope) = [c_kv | k_pe] for every key position; mask as in AttentionContext::mask_full.
+  // (B, 1, S, R + rope) = [c_kv | k_pe] for every key position; mask as in AttentionContext (the full
+  // or, on a sliding layer, the sliding one).
   // Both return (B, H, T, v).
   torch::Tensor attend_naive(const torch::Tensor& q_nope, const torch::Tensor& q_pe, const torch::Tensor& latent,
                              const torch::Tensor& mask);
@@ -69,7 +76,9 @@ class MLAAttentionImpl : public torch::nn::Module {
   int64_t layer_, n_head_, nope_, rope_, v_dim_, kv_rank_;
   bool rope_interleave_;
   bool latent_norm_;  // false: no kv_a_norm (mlaforge_latent_norm, exact conversions)
+  bool sliding_;      // this layer attends through ctx.mask_sliding
   double scale_;
+  std::optional<double> softcap_;  // Gemma2 attn_logit_softcapping
   MLAPath path_ = MLAPath::automatic;
 };
 TORCH_MODULE(MLAAttention);

@@ -649,4 +649,84 @@ ShardedWriteResult write_sharded_safetensors(const std::string& dir, const std::
   return result;
 }
 
+StreamingShardWriter::StreamingShardWriter(std::string dir, std::string prefix, uint64_t max_shard_bytes,
+                                           std::map<std::string, std::string> metadata)
+    : dir_(std::move(dir)), prefix_(std::move(prefix)), max_shard_bytes_(max_shard_bytes), metadata_(std::move(metadata)) {
+  MLA_CHECK(max_shard_bytes_ > 0, dir_, ": max_shard_bytes must be positive");
+  MLA_CHECK(!prefix_.empty() && prefix_.find('/') == std::string::npos, dir_, ": bad checkpoint prefix '", prefix_, "'");
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  MLA_CHECK(is_directory(dir_), dir_, ": cannot create directory (", ec.message(), ")");
+}
+
+StreamingShardWriter::~StreamingShardWriter() {
+  if (finished_) return;
+  std::error_code ec;
+  for (const auto& f : temp_files_) fs::remove(f, ec);
+}
+
+void StreamingShardWriter::add(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                               const void* data) {
+  MLA_CHECK(!finished_, dir_, ": add after finish");
+  MLA_CHECK(names_.insert(name).second, dir_, ": tensor '", name, "' written twice");
+  TensorToWrite t{name, dtype, shape, data};
+  const uint64_t bytes = checked_nbytes(t, dir_);
+  // Greedy, like plan_shards: a tensor that would overflow a non-empty shard starts the next one.
+  if (!pending_.empty() && pending_bytes_ + bytes > max_shard_bytes_) flush();
+  Pending p{name, dtype, shape, std::vector<uint8_t>(bytes)};
+  if (bytes > 0) std::memcpy(p.bytes.data(), data, bytes);
+  pending_.push_back(std::move(p));
+  pending_bytes_ += bytes;
+  total_bytes_ += bytes;
+}
+
+void StreamingShardWriter::flush() {
+  if (pending_.empty()) return;
+  const std::string path =
+      (fs::path(dir_) / ("." + prefix_ + "-part-" + std::to_string(temp_files_.size() + 1) + ".safetensors")).string();
+  std::vector<TensorToWrite> tensors;
+  std::vector<std::string> names;
+  for (const Pending& p : pending_) {
+    tensors.push_back({p.name, p.dtype, p.shape, p.bytes.data()});
+    names.push_back(p.name);
+  }
+  write_safetensors(path, tensors, metadata_);
+  temp_files_.push_back(path);
+  shard_names_.push_back(std::move(names));
+  pending_.clear();
+  pending_bytes_ = 0;
+}
+
+ShardedWriteResult StreamingShardWriter::finish() {
+  MLA_CHECK(!finished_, dir_, ": finish called twice");
+  flush();
+  ShardedWriteResult result;
+  result.total_bytes = total_bytes_;
+  const size_t count = temp_files_.size();
+  std::set<std::string> written;
+  json weight_map = json::object();
+  for (size_t s = 0; s < count; ++s) {
+    const std::string name = count == 1 ? prefix_ + ".safetensors" : shard_file_name(prefix_, s + 1, count);
+    const fs::path target = fs::path(dir_) / name;
+    std::error_code ec;
+    fs::rename(temp_files_[s], target, ec);
+    MLA_CHECK(!ec, temp_files_[s], ": cannot rename to ", target.string(), " (", ec.message(), ")");
+    for (const auto& n : shard_names_[s]) weight_map[n] = name;
+    result.files.push_back(target.string());
+    written.insert(name);
+  }
+  finished_ = true;
+  if (count > 1) {
+    const std::string index_name = prefix_ + ".safetensors.index.json";
+    const json index = {{"metadata", {{"total_size", result.total_bytes}}}, {"weight_map", weight_map}};
+    const std::string text = index.dump(2) + "\n";
+    AtomicFileWriter out((fs::path(dir_) / index_name).string());
+    out.write(text.data(), text.size());
+    out.commit();
+    written.insert(index_name);
+  }
+  remove_stale_files(dir_, prefix_, written);
+  return result;
+}
+
 }  // namespace mlaforge

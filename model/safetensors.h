@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -127,5 +128,43 @@ struct ShardedWriteResult {
 ShardedWriteResult write_sharded_safetensors(const std::string& dir, const std::string& prefix,
                                              const std::vector<TensorToWrite>& tensors, uint64_t max_shard_bytes,
                                              const std::map<std::string, std::string>& metadata = {});
+
+// Writes tensors as they are produced, holding at most one shard's worth in memory: what lets a
+// conversion stream a model larger than RAM. Shards are written under temporary names as they fill and
+// renamed to the final <prefix>-0000k-of-0000N layout (or <prefix>.safetensors when one shard suffices)
+// by finish(), which writes the index last; stale files of other layouts are then removed, as in
+// write_sharded_safetensors. Until finish() the folder's previous checkpoint files are untouched.
+class StreamingShardWriter {
+ public:
+  StreamingShardWriter(std::string dir, std::string prefix, uint64_t max_shard_bytes,
+                       std::map<std::string, std::string> metadata = {{"format", "pt"}});
+  ~StreamingShardWriter();  // removes unfinished temporary shards
+  StreamingShardWriter(const StreamingShardWriter&) = delete;
+  StreamingShardWriter& operator=(const StreamingShardWriter&) = delete;
+
+  // Copies the bytes; throws on a duplicate name or a size that does not match dtype and shape.
+  void add(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data);
+  ShardedWriteResult finish();
+  uint64_t bytes_added() const { return total_bytes_; }
+
+ private:
+  struct Pending {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    std::vector<uint8_t> bytes;
+  };
+  void flush();
+
+  std::string dir_, prefix_;
+  uint64_t max_shard_bytes_;
+  std::map<std::string, std::string> metadata_;
+  std::vector<Pending> pending_;
+  uint64_t pending_bytes_ = 0, total_bytes_ = 0;
+  std::vector<std::string> temp_files_;                  // written shards, in order
+  std::vector<std::vector<std::string>> shard_names_;    // tensor names of each written shard
+  std::set<std::string> names_;
+  bool finished_ = false;
+};
 
 }  // namespace mlaforge

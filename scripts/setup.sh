@@ -11,6 +11,7 @@ CACHE="${MLAFORGE_CACHE:-$HOME/.cache/mlaforge}"
 BUILD="${MLAFORGE_BUILD:-$ROOT/build}"
 VENV="$CACHE/venv"
 TORCH_VERSION="2.11.0"
+PYARROW_VERSION="26.0.1"  # its manylinux_2_28 wheel's libarrow/libparquet (C++11 ABI) read Parquet datasets
 WITH_TESTS=0
 for arg in "$@"; do
   case "$arg" in
@@ -24,7 +25,7 @@ mkdir -p "$CACHE"
 # 1. Debian packages ------------------------------------------------------------------------------
 PACKAGES=(build-essential cmake ccache pkg-config git python3 python3-venv
           libyaml-cpp-dev libspdlog-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
-          libgtest-dev libgmock-dev openmpi-bin libopenmpi-dev libtcmalloc-minimal4 libgoogle-perftools-dev)
+          libgtest-dev libgmock-dev openmpi-bin libopenmpi-dev libtcmalloc-minimal4 libgoogle-perftools-dev zlib1g-dev)
 [ "$WITH_TESTS" = 1 ] && PACKAGES+=(clang)
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -58,6 +59,10 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] 
   log "installing torch==$TORCH_VERSION (LibTorch for C++; ~5 GB with its CUDA runtime wheels)"
   "$PY" -m pip install -q --upgrade pip
   "$PY" -m pip install -q "torch==$TORCH_VERSION"
+fi
+if ! "$PY" -c "import pyarrow, sys; sys.exit(0 if pyarrow.__version__ == '$PYARROW_VERSION' else 1)" 2>/dev/null; then
+  log "installing pyarrow==$PYARROW_VERSION (Arrow/Parquet C++ libraries, linked by the binary to read Parquet datasets)"
+  "$PY" -m pip install -q "pyarrow==$PYARROW_VERSION"
 fi
 if [ "$WITH_TESTS" = 1 ]; then
   REQ="$ROOT/tests/python/requirements.txt"

@@ -1,1 +1,2 @@
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/evaluate.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/trainable.cpp ${CMAKE_CURRENT_LIST_DIR}/optimizer.cpp ${CMAKE_CURRENT_LIST_DIR}/lr_schedule.cpp ${CMAKE_CURRENT_LIST_DIR}/losses.cpp ${CMAKE_CURRENT_LIST_DIR}/activation_checkpoint.cpp)

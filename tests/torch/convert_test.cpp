@@ -308,8 +308,15 @@ TEST(ConvertTiny, RefusesWhatItCannotConvert) {
                       {"intermediate_size", 64}, {"num_hidden_layers", 1}, {"num_attention_heads", 4},
                       {"num_key_value_heads", 2}};
   auto c = ModelConfig::from_json(j, "mixtral");
-  EXPECT_THROW(check_convertible(c), Error);
+  EXPECT_NO_THROW(check_convertible(c));  // MoE converts (convert_families_test.cpp); the experts stay as they are
   ModelConfig llama = tiny_llama().config;
+  ModelConfig yarn = llama;
+  yarn.rope_scaling.type = RopeScaling::Type::yarn;
+  EXPECT_THROW(check_convertible(yarn), Error);
+  ConvertOptions mla_options;
+  mla_options.rope_dim = 4;
+  auto mla = ModelConfig::from_json(mla_config_json(llama, mla_options, {}, 1), "converted");
+  EXPECT_THROW(check_convertible(mla), Error);  // already MLA
   ConvertOptions o;
   o.rope_dim = 3;
   EXPECT_THROW(resolve_ranks(llama, o), Error);

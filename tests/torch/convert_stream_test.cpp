@@ -1,0 +1,188 @@
+// The streaming conversion (convert/pipeline.h) on a Hugging Face folder read lazily: it must produce
+// exactly what the in-memory conversion produces, write loadable shards, evaluate like evaluate_nll, and
+// support per-layer latent ranks (--kv-budget, convert/kv_budget.h).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "convert/kv_budget.h"
+#include "convert/pipeline.h"
+#include "convert/transmla.h"
+#include "core/error.h"
+#include "model/tensor_io.h"
+#include "model/weight_reader.h"
+#include "tests/support/test_support.h"
+#include "trainer/evaluate.h"
+
+namespace mlaforge {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A random 3-layer GQA llama (8 query heads, 2 KV heads, head_dim 16) written as a Hugging Face folder
+// with bf16 weights, like the checkpoints users convert.
+std::string write_tiny_folder(const std::string& dir) {
+  nlohmann::json j = {{"model_type", "llama"},       {"vocab_size", 128},          {"hidden_size", 64},
+                      {"intermediate_size", 96},     {"num_hidden_layers", 3},     {"num_attention_heads", 8},
+                      {"num_key_value_heads", 2},    {"rms_norm_eps", 1e-5},       {"rope_theta", 10000.0},
+                      {"max_position_embeddings", 256}, {"bos_token_id", 1},       {"torch_dtype", "bfloat16"}};
+  const ModelConfig c = ModelConfig::from_json(j, "tiny");
+  Decoder model(c);
+  torch::manual_seed(77);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->named_parameters())
+    p.value().copy_(p.key().find("norm") != std::string::npos ? 1 + 0.1 * torch::randn_like(p.value())
+                                                               : 0.3 * torch::randn_like(p.value()));
+  StateDict w = export_weights(*model);
+  for (auto& [k, v] : w) v = v.to(torch::kBFloat16);
+  fs::create_directories(dir);
+  std::ofstream(dir + "/config.json") << j.dump(2);
+  save_state_dict(dir, w, /*max_shard_bytes=*/40000);  // several input shards
+  return dir;
+}
+
+std::vector<std::vector<int64_t>> docs(int n, int64_t len, int seed) {
+  torch::manual_seed(seed);
+  std::vector<std::vector<int64_t>> out;
+  for (int i = 0; i < n; ++i) {
+    auto t = torch::randint(2, 128, {len}, torch::kInt64);
+    out.emplace_back(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + len);
+  }
+  return out;
+}
+
+ModelSource load(const std::string& dir, bool lazy) {
+  LoadOptions o;
+  o.load_tokenizer = false;
+  o.lazy_weights = lazy;
+  return load_model_source(dir, o);
+}
+
+TEST(ConvertStream, LazyFolderEqualsInMemoryAndWritesLoadableShards) {
+  const std::string tmp = testing::make_temp_dir("convert_stream");
+  const std::string src_dir = write_tiny_folder(tmp + "/src");
+  const auto calib = docs(6, 24, 1), eval = docs(4, 20, 2);
+
+  ModelSource lazy = load(src_dir, true);
+  ASSERT_TRUE(lazy.weights.empty());
+  ASSERT_TRUE(lazy.checkpoint != nullptr);
+  PipelineOptions po;
+  po.convert.kv_lora_rank = 24;
+  po.convert.rope_dim = 8;
+  po.out_dir = tmp + "/out";
+  po.max_shard_bytes = 30000;  // several output shards
+  po.keep_weights = true;
+  po.progress = false;
+  po.verify_engine = true;
+  PipelineResult streamed = convert_streaming(lazy.config, WeightReader(lazy), calib, eval, po);
+  EXPECT_GT(streamed.files.files.size(), 1u);
+  EXPECT_LT(streamed.engine_max_diff, 1e-4);
+
+  // The in-memory path (a Decoder holding the whole model) gives bitwise the same tensors.
+  ModelSource full = load(src_dir, false);
+  Decoder original = build_model(full);
+  ConvertOptions co = po.convert;
+  ConvertResult in_memory = convert_sequential(*original, full.weights, calib, co);
+  ASSERT_EQ(in_memory.weights.size(), streamed.conversion.weights.size());
+  for (const auto& [name, t] : in_memory.weights) {
+    ASSERT_TRUE(streamed.conversion.weights.count(name)) << name;
+    EXPECT_TRUE(torch::equal(t, streamed.conversion.weights.at(name))) << name;
+  }
+
+  // The pipeline's own perplexity before/after equals evaluate_nll on the two models.
+  EvalOptions eo;
+  eo.progress = false;
+  const double before = evaluate_nll(*original, eval, eo).mean_nll;
+  ASSERT_TRUE(streamed.evaluated);
+  EXPECT_NEAR(streamed.before.mean_nll, before, 1e-5);
+  write_mla_metadata(po.out_dir, streamed.conversion.config_json, full);
+  ModelSource written = load(po.out_dir, false);
+  EXPECT_TRUE(fs::exists(po.out_dir + "/model.safetensors.index.json"));
+  for (const auto& entry : fs::directory_iterator(po.out_dir))
+    EXPECT_NE(entry.path().filename().string().rfind(".model-part", 0), 0u) << "temporary shard left behind";
+  Decoder mla = build_model(written);
+  const double after = evaluate_nll(*mla, eval, eo).mean_nll;
+  EXPECT_NEAR(streamed.after.mean_nll, after, 1e-5);
+  EXPECT_GT(after, before - 1e-3);  // a 2x KV cut does not improve a random model
+  std::printf("[stream] nll before %.5f, after %.5f (pipeline %.5f / %.5f), %zu shards\n", before, after,
+              streamed.before.mean_nll, streamed.after.mean_nll, streamed.files.files.size());
+}
+
+TEST(ConvertStream, UnexpectedTensorInTheSourceIsNamed) {
+  const std::string tmp = testing::make_temp_dir("convert_stream_bad");
+  const std::string dir = write_tiny_folder(tmp + "/src");
+  ModelSource full = load(dir, false);
+  full.weights["model.layers.1.self_attn.extra.weight"] = torch::zeros({2});
+  PipelineOptions po;
+  po.convert.kv_lora_rank = 16;
+  po.convert.rope_dim = 8;
+  po.progress = false;
+  try {
+    convert_streaming(full.config, WeightReader(full.weights, "bad-model"), docs(2, 10, 3), {}, po);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad-model: unexpected tensor 'model.layers.1.self_attn.extra.weight'"),
+              std::string::npos) << e.what();
+  }
+}
+
+TEST(KVBudget, GreedyAllocationMeetsTheBudgetAndBounds) {
+  // Layer 0's spectrum decays fast, layer 1's is flat: layer 1 should get more of the budget.
+  auto fast = torch::pow(0.5, torch::arange(20, torch::kFloat64));
+  auto flat = torch::ones({20}, torch::kFloat64);
+  auto ranks = allocate_kv_ranks({fast, flat, fast}, 6, 2, 20);
+  ASSERT_EQ(ranks.size(), 3u);
+  EXPECT_EQ(ranks[0] + ranks[1] + ranks[2], 18);
+  for (int64_t r : ranks) {
+    EXPECT_GE(r, 2);
+    EXPECT_LE(r, 20);
+  }
+  EXPECT_GT(ranks[1], ranks[0]);
+  EXPECT_EQ(ranks[0], ranks[2]);
+  // Relative energies: flat layer's components are worth 1/20 each; the fast layer's k-th is 2^-k / 2.
+  // After the minimum of 2, fast's 3rd component (0.125) beats flat's (0.05), its 4th (0.0625) too, its
+  // 5th (0.031) does not: fast gets 4 each (2 + 2 extra), flat gets the remaining 18 - 8 = 10.
+  EXPECT_EQ(ranks, (std::vector<int64_t>{4, 10, 4}));
+  EXPECT_THROW(allocate_kv_ranks({fast}, 30, 2, 20), Error);
+}
+
+TEST(KVBudget, PerLayerRanksRunAndReload) {
+  const std::string tmp = testing::make_temp_dir("convert_budget");
+  const std::string dir = write_tiny_folder(tmp + "/src");
+  ModelSource src = load(dir, true);
+  PipelineOptions po;
+  po.convert.rope_dim = 8;
+  po.progress = false;
+  po.verify_engine = true;
+  po.layer_ranks = plan_kv_budget(src.config, WeightReader(src), docs(6, 24, 4), po, 20);
+  ASSERT_EQ(po.layer_ranks.size(), 3u);
+  EXPECT_EQ(po.layer_ranks[0] + po.layer_ranks[1] + po.layer_ranks[2], 60);
+  po.out_dir = tmp + "/out";
+  PipelineResult r = convert_streaming(src.config, WeightReader(src), docs(6, 24, 4), docs(3, 16, 5), po);
+  EXPECT_EQ(r.conversion.config.kv_cache_values_per_token(), 60 + 3 * 8);
+  ModelSource full = load(dir, false);
+  write_mla_metadata(po.out_dir, r.conversion.config_json, full);
+  ModelSource written = load(po.out_dir, false);
+  ASSERT_EQ(written.config.kv_lora_ranks, po.layer_ranks);
+  Decoder mla = build_model(written);
+  // Latent-cache decode, token by token, equals the full forward with per-layer cache widths.
+  auto tokens = torch::tensor(docs(1, 12, 6)[0], torch::kInt64).unsqueeze(0);
+  torch::NoGradGuard no_grad;
+  auto full_logits = mla->forward(tokens);
+  KVCache cache = mla->make_cache(16);
+  std::vector<torch::Tensor> steps;
+  for (int64_t t = 0; t < 12; ++t) {
+    ForwardOptions fo;
+    fo.cache = &cache;
+    steps.push_back(mla->forward(tokens.narrow(1, t, 1), fo));
+  }
+  const double err = (torch::cat(steps, 1) - full_logits).abs().max().item<double>();
+  EXPECT_LT(err, 1e-4);
+  // Deployable exports need one rank for all layers.
+  nlohmann::json j = r.conversion.config_json;
+  EXPECT_THROW(mark_deployable(j, 1.0), Error);
+}
+
+}  // namespace
+}  // namespace mlaforge

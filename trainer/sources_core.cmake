@@ -1,0 +1,9 @@
+# The torch-free part of the trainer: recipes (YAML run configurations), compiled into mlaforge_core so
+# that `mlaforge validate` logic and its tests need no LibTorch.
+target_sources(mlaforge_core PRIVATE
+  ${CMAKE_CURRENT_LIST_DIR}/recipe_schema.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/recipe_parse.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/recipe_emit.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/recipe_check.cpp
+)
+target_link_libraries(mlaforge_core PRIVATE yaml-cpp)
