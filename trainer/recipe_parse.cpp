@@ -93,9 +93,9 @@ std::string suggest_key(const std::string& path) {
     std::vector<std::string> names = {leaf_of(spec.path)};
     names.insert(names.end(), spec.aliases.begin(), spec.aliases.end());
     const std::string spec_parent = parent_of(spec.path);
-    const size_t penalty = std::min<size_t>(3, recipe_detail::edit_distance(parent, spec_parent));
+    const size_t penalty = std::min<size_t>(3, edit_distance(parent, spec_parent));
     for (const auto& name : names) {
-      const size_t score = recipe_detail::edit_distance(leaf, name) + penalty;
+      const size_t score = edit_distance(leaf, name) + penalty;
       if (score < best_score) {
         best_score = score;
         best = spec.path;
@@ -110,7 +110,7 @@ std::string suggest_value(const std::string& value, const std::vector<std::strin
   size_t best_score = SIZE_MAX;
   std::string best;
   for (const auto& a : allowed) {
-    const size_t score = recipe_detail::edit_distance(value, a);
+    const size_t score = edit_distance(value, a);
     if (score < best_score) {
       best_score = score;
       best = a;
@@ -128,7 +128,7 @@ std::string suggest_value(const std::string& value, const std::vector<std::strin
     for (const auto& g : recipe_detail::recipe_groups()) {
       // "optimizer", "logging", "evaluation": a longer word for the group counts as a match.
       const bool extends = path.size() > g.name.size() && path.compare(0, g.name.size(), g.name) == 0;
-      const size_t d = extends ? 0 : recipe_detail::edit_distance(path, g.name);
+      const size_t d = extends ? 0 : edit_distance(path, g.name);
       if (d < best) {
         best = d;
         group = g.name;

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+
+#include "core/strings.h"
 #include <variant>
 #include <vector>
 
@@ -87,8 +89,7 @@ nlohmann::json field_value(const FieldSpec& spec, const Recipe& recipe);
 // Shortest text that reads back as the same double, always with a '.' or exponent so that YAML readers
 // see a float: 2e-05 -> "2.0e-05", 1 -> "1.0", 0.03 -> "0.03".
 std::string format_number(double value);
-// Levenshtein distance (insertions, deletions, substitutions), for "did you mean" suggestions.
-size_t edit_distance(const std::string& a, const std::string& b);
+
 // Whether the C++ type bound to the row matches its kind (checked by the tests for every row).
 bool accessor_matches_kind(const FieldSpec& spec);
 

@@ -7,3 +7,13 @@ target_sources(mlaforge_core PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/recipe_check.cpp
 )
 target_link_libraries(mlaforge_core PRIVATE yaml-cpp)
+# Run metrics (JSONL, TensorBoard event files, loss-curve PNG, progress line): torch-free too.
+target_sources(mlaforge_core PRIVATE
+  ${CMAKE_CURRENT_LIST_DIR}/metrics_jsonl.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/metrics_log.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/metrics_plot.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/metrics_png.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/metrics_progress.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/metrics_raster.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/metrics_tfevents.cpp
+)
