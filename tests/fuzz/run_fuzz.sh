@@ -14,8 +14,9 @@ cxx=${CLANGXX:-clang++}
 mkdir -p "$work/corpus" "$work/seeds" "$work/artifacts"
 binary="$work/safetensors_header_fuzz"
 sources=("$here/safetensors_header_fuzz.cpp" "$root/model/safetensors.cpp" "$root/core/dtype.cpp"
-         "$root/core/mmap_file.cpp")
-headers=("$root/model/safetensors.h" "$root/core/dtype.h" "$root/core/mmap_file.h" "$root/core/error.h")
+         "$root/core/mmap_file.cpp" "$root/core/strings.cpp")
+headers=("$root/model/safetensors.h" "$root/core/dtype.h" "$root/core/mmap_file.h" "$root/core/error.h"
+         "$root/core/strings.h")
 
 # Rebuild only when a source is newer than the binary (the build takes about a minute).
 stale=0
