@@ -42,5 +42,6 @@ void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_validate(CLI::App& app);
+void register_train(CLI::App& app);
 
 }  // namespace mlaforge::cli

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   cli::register_generate(app);
   cli::register_convert(app);
   cli::register_validate(app);
+  cli::register_train(app);
 
   try {
     app.parse(argc, argv);

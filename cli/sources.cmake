@@ -4,4 +4,4 @@ target_sources(mlaforge_torch PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/cmd_generate.cpp
   ${CMAKE_CURRENT_LIST_DIR}/cmd_inspect.cpp
 )
-target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/cmd_validate.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/cmd_validate.cpp ${CMAKE_CURRENT_LIST_DIR}/cmd_train.cpp)

@@ -184,7 +184,13 @@ SampleBuilder::SampleBuilder(const Tokenizer& tokenizer, ChatTemplate chat_templ
             "sample options: add_generation_prompt is for inference prompts (encode_prompt), not training samples");
   MLA_CHECK(options_.max_seq_len == 0 || options_.max_seq_len >= 2, "sample options: max_seq_len ",
             options_.max_seq_len, " is too small (at least 2 tokens, or 0 for no limit)");
-  markers_ = single_token_markers(tokenizer_, template_);
+  // Raw-text examples never render the template, so a template whose markers the vocabulary lacks (a
+  // base model trained on text only) is an error only when a conversation is rendered with it.
+  try {
+    markers_ = single_token_markers(tokenizer_, template_);
+  } catch (const Error& e) {
+    template_error_ = e.what();
+  }
   text_bos_ = resolve_special(tokenizer_, options_.text_bos, tokenizer_.bos_id, "text_bos");
   text_eos_ = resolve_special(tokenizer_, options_.text_eos, tokenizer_.eos_id, "text_eos");
 }
@@ -195,6 +201,7 @@ std::vector<ChatSegment> SampleBuilder::render(const std::vector<Message>& messa
 
 SegmentTokens SampleBuilder::tokenize_rendered(const std::vector<ChatSegment>& segments,
                                                std::string_view source) const {
+  check_template(source);
   SegmentTokens tokens = tokenize_segments(tokenizer_, segments, markers_);
   if (options_.verify_tokenization) {
     std::string whole;
@@ -370,7 +377,14 @@ std::vector<TokenizedSample> SampleBuilder::build_all(const std::vector<Example>
 std::vector<int32_t> SampleBuilder::encode_prompt(const std::vector<Message>& messages, std::string_view source) const {
   ChatRenderOptions render = options_.render;
   render.add_generation_prompt = true;
+  check_template(source);
   return tokenize_segments(tokenizer_, template_.render(messages, render, source), markers_).ids;
+}
+
+void SampleBuilder::check_template(std::string_view source) const {
+  if (template_error_.empty()) return;
+  if (source.empty()) fail(template_error_);
+  fail(source, ": ", template_error_);
 }
 
 std::string show_loss_mask(const Tokenizer& tokenizer, const TokenizedSample& sample) {

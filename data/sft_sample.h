@@ -113,7 +113,9 @@ struct SampleStats {
 
 class SampleBuilder {
  public:
-  // Checks the template against the tokenizer (single_token_markers) and resolves text_bos/text_eos.
+  // Checks the template against the tokenizer (single_token_markers) and resolves text_bos/text_eos. A
+  // template the vocabulary cannot write is reported when the first conversation is rendered, so that a
+  // text-only model still builds raw-text samples.
   // The tokenizer must outlive the builder. All methods are const and thread-safe.
   SampleBuilder(const Tokenizer& tokenizer, ChatTemplate chat_template, SampleOptions options = {});
 
@@ -149,7 +151,10 @@ class SampleBuilder {
   const Tokenizer& tokenizer_;
   ChatTemplate template_;
   SampleOptions options_;
+  void check_template(std::string_view source) const;  // throws template_error_ if set
+
   std::vector<std::string> markers_;
+  std::string template_error_;  // why the template cannot be tokenised with this vocabulary ("": it can)
   std::optional<int32_t> text_bos_, text_eos_;
 };
 

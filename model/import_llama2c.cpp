@@ -111,8 +111,9 @@ ModelSource import_llama2c(const std::string& path, const LoadOptions& options) 
       src.tokenizer = load_llama2c_side_tokenizer(tok, h.vocab_size);
       MLA_CHECK(src.tokenizer->vocab_size() == h.vocab_size, tok, ": tokenizer has ", src.tokenizer->vocab_size(),
                 " tokens but the checkpoint ", path, " has vocab_size ", h.vocab_size);
-      if (has_suffix(tok, ".model") || has_suffix(tok, ".json"))
-        src.tokenizer_files.push_back(fs::absolute(tok).string());
+      // Exported folders carry it under the name Hugging Face loaders (and ours) look for.
+      if (has_suffix(tok, ".model")) src.generated_tokenizer_files["tokenizer.model"] = read_text_file(tok);
+      if (has_suffix(tok, ".json")) src.generated_tokenizer_files["tokenizer.json"] = read_text_file(tok);
     }
   }
   return src;

@@ -27,11 +27,10 @@
 #include <functional>
 #include <vector>
 
+#include "data/packing.h"  // kIgnoreIndex
 #include "model/decoder.h"
 
 namespace mlaforge {
-
-inline constexpr int64_t kIgnoreIndex = -100;
 
 // labels (B, T) -> targets (B, T): targets[:, t] = labels[:, t + 1], targets[:, T - 1] = -100.
 torch::Tensor shift_labels(const torch::Tensor& labels);

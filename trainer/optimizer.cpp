@@ -1,5 +1,6 @@
 #include "trainer/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -82,7 +83,9 @@ AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, AdamWOpt
     Slot s;
     s.name = name;
     s.param = param;
-    s.decay = applies_weight_decay(name, options.decay_embeddings);
+    s.decay = applies_weight_decay(name, options.decay_embeddings) &&
+              std::find(options.no_decay_names.begin(), options.no_decay_names.end(), name) ==
+                  options.no_decay_names.end();
     const auto fp32 = param.options().dtype(torch::kFloat32);
     if (options.precision == Precision::fp32) {
       MLA_CHECK(param.scalar_type() == torch::kFloat32, "optimizer: parameter '", name, "' is ",

@@ -48,6 +48,10 @@ struct AdamWOptions {
   double eps = 1e-8;
   double weight_decay = 0.01;    // applied to the decay group only
   bool decay_embeddings = false;  // put embed.weight in the decay group
+  // Parameters (mlaforge names) kept out of weight decay in addition to the rule of applies_weight_decay
+  // (a recipe's optim.no_decay patterns, resolved by the trainer). Names not among the parameters are
+  // ignored: a frozen parameter has no optimizer slot.
+  std::vector<std::string> no_decay_names;
   Precision precision = Precision::fp32;
 };
 

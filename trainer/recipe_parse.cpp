@@ -392,7 +392,12 @@ void apply_override(const std::string& text, Recipe& recipe) {
   const bool scalar_kind = spec->kind == FieldKind::string || spec->kind == FieldKind::opt_string ||
                            spec->kind == FieldKind::enumeration || spec->kind == FieldKind::path ||
                            spec->kind == FieldKind::path_or_keyword;
+  // A list of strings given as one value that YAML cannot read (`*.kv_b_proj.weight` starts like an
+  // alias) is that string, split on commas like any scalar for a list key.
+  const bool string_list = spec->kind == FieldKind::string_list || spec->kind == FieldKind::path_list;
   if (scalar_kind && (!parsed || !(node.IsScalar() || node.IsNull()))) {
+    node = YAML::Node(raw);
+  } else if (string_list && !parsed) {
     node = YAML::Node(raw);
   } else if (!parsed) {
     fail_at(origin, YAML::Mark::null_mark(), path, "value is not valid YAML: " + raw);

@@ -294,6 +294,9 @@ TEST(Recipe, Overrides) {
   // Later overrides win; an override can unset an optional path.
   EXPECT_EQ(parse(kMinimal, {"optim.lr=1", "optim.lr=2"}).optim.lr, 2.0);
   EXPECT_EQ(parse(kMinimal, {"teacher.path=/t", "teacher.path=null"}).teacher.path, "");
+  // A pattern YAML would read as an alias is taken verbatim (and split on commas like any scalar).
+  EXPECT_EQ(parse(kMinimal, {"model.trainable=*.wq.weight,*.wk.weight"}).model.trainable,
+            (std::vector<std::string>{"*.wq.weight", "*.wk.weight"}));
   // The derived defaults follow overridden values.
   const Recipe o = parse(kMinimal, {"train.output_dir=/runs/a", "train.seed=9"});
   EXPECT_EQ(o.data.cache_dir, "/runs/a/data_cache");

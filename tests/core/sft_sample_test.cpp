@@ -221,11 +221,23 @@ TEST(SftSample, RawText) {
 
 TEST(SftSample, TemplateMustBelongToTheVocabulary) {
   REQUIRE_ASSET("tokenizers/llama3/tokenizer.json");
+  const Tokenizer& llama3 = asset_tokenizer("llama3");
+  const SampleBuilder builder(llama3, ChatTemplate::builtin("chatml"));
+  // Raw text never renders the template: a text-only run works with a template the vocabulary lacks.
+  Example text;
+  text.is_text = true;
+  text.text = "plain text";
+  EXPECT_EQ(builder.tokenize(text).ids.size(), llama3.encode("plain text", false).size() + 2);  // + BOS, EOS
+  // The first conversation rendered with it names the example and the missing marker.
+  Example conversation;
+  conversation.source = "data.jsonl:3";
+  conversation.messages = {{"user", "hi"}, {"assistant", "hello"}};
   try {
-    SampleBuilder(asset_tokenizer("llama3"), ChatTemplate::builtin("chatml"));
+    builder.tokenize(conversation);
     ADD_FAILURE() << "chatml accepted with Llama-3's vocabulary";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("'<|im_start|>'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("data.jsonl:3"), std::string::npos) << e.what();
   }
 }
 

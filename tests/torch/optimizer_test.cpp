@@ -98,6 +98,22 @@ TEST(AdamW, ParameterGroupRule) {
   EXPECT_TRUE(applies_weight_decay("layers.3.moe.experts.1.w_down.weight", false));
 }
 
+// Extra no-decay names (a recipe's optim.no_decay) leave the decay group; the rule still applies to the rest.
+TEST(AdamW, ExtraNoDecayNamesLeaveTheDecayGroup) {
+  Decoder model = random_decoder(tiny_llama_config(), 3);
+  select_trainable(*model, "all");
+  AdamWOptions o;
+  o.no_decay_names = {"lm_head.weight", "layers.1.attn.wq.weight", "not.a.parameter"};
+  AdamW opt(trainable_parameters(*model), o);
+  int decayed = 0;
+  for (size_t i = 0; i < opt.size(); ++i) {
+    const bool listed = opt.name(i) == "lm_head.weight" || opt.name(i) == "layers.1.attn.wq.weight";
+    EXPECT_EQ(opt.decays(i), !listed && applies_weight_decay(opt.name(i), false)) << opt.name(i);
+    decayed += opt.decays(i);
+  }
+  EXPECT_EQ(decayed, 2 * 7 + 1 - 2);
+}
+
 // With zero gradients Adam's update is 0 / (0 + eps) = 0, so only the decoupled decay acts:
 // w <- w * (1 - lr * wd) in the decay group, unchanged in the other.
 TEST(AdamW, DecoupledWeightDecayOnlyInTheDecayGroup) {

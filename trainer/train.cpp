@@ -1,0 +1,426 @@
+// The training loop of `mlaforge train` (trainer/train.h has the contract): read top to bottom, it is
+// the run's order of events.
+#include "trainer/train.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "model/checkpoint.h"
+#include "model/decoder.h"
+#include "model/safetensors.h"
+#include "model/tensor_io.h"
+#include "model/weight_names.h"
+#include "trainer/activation_checkpoint.h"
+#include "trainer/losses.h"
+#include "trainer/lr_schedule.h"
+#include "trainer/metrics_log.h"
+#include "trainer/optimizer.h"
+#include "trainer/train_data.h"
+#include "trainer/trainable.h"
+
+namespace mlaforge {
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+torch::Device pick_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda") {
+    MLA_CHECK(torch::cuda::is_available(), "train.device: cuda: CUDA is not available on this machine");
+    return torch::kCUDA;
+  }
+  return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+}
+
+void write_file(const fs::path& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  MLA_CHECK(out.good(), path.string(), ": cannot write");
+}
+
+// Peak resident memory of this process (VmHWM), GiB; 0 where /proc is missing.
+double peak_rss_gib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / (1024.0 * 1024.0);
+  return 0;
+}
+
+// The one-process layout, refusing more ranks with the reason.
+RunPlan single_process_plan(const Recipe& recipe) {
+  const int64_t ranks = recipe.parallel.tp * std::max<int64_t>(1, recipe.parallel.dp);
+  MLA_CHECK(ranks == 1, "parallel: tp ", recipe.parallel.tp, " x dp ", recipe.parallel.dp, " asks for ", ranks,
+            " processes; `mlaforge train` runs in one process in this version (tensor and data parallel training "
+            "are not implemented yet): set parallel.tp=1 parallel.dp=1");
+  return plan_run(recipe, 1);
+}
+
+ModelSource load_source(const std::string& path, const std::string& tokenizer, const char* key) {
+  LoadOptions load;
+  load.tokenizer_path = tokenizer;
+  try {
+    return load_model_source(path, load);
+  } catch (const Error& e) {
+    fail(key, ": ", e.what());
+  }
+}
+
+// Parameters (mlaforge names) matched by optim.no_decay patterns, under either naming scheme.
+std::vector<std::string> no_decay_names(const DecoderImpl& model, const std::vector<std::string>& patterns) {
+  std::vector<std::string> names;
+  for (const std::string& pattern : patterns) {
+    bool matched = false;
+    for (const auto& p : model.named_parameters()) {
+      if (!trainable_pattern_matches(pattern, p.key())) continue;
+      names.push_back(p.key());
+      matched = true;
+    }
+    MLA_CHECK(matched, "optim.no_decay: pattern '", pattern, "' matches no parameter of the model");
+  }
+  return names;
+}
+
+// Model FLOPs per trained token (forward + backward, no recomputation): 2 per weight element in the
+// forward, 2 more for the activation gradients, 2 more per TRAINABLE element for its weight gradient;
+// attention scores and values add 2 x 2 x (avg context) x heads x (qk + v dims) per layer and pass.
+double flops_per_token(const DecoderImpl& model, int64_t avg_context) {
+  const ModelConfig& c = model.config();
+  double matmul = 0, trainable = 0;
+  for (const auto& p : model.named_parameters()) {
+    if (p.value().dim() != 2) continue;
+    if (p.key() == "embed.weight" && !c.tie_word_embeddings) continue;  // a lookup, not a matmul
+    matmul += static_cast<double>(p.value().numel());
+    if (p.value().requires_grad()) trainable += static_cast<double>(p.value().numel());
+  }
+  const double qk = c.is_mla() ? static_cast<double>(c.qk_nope_head_dim + c.qk_rope_head_dim) : c.head_dim;
+  const double v = c.is_mla() ? static_cast<double>(c.v_head_dim) : c.head_dim;
+  const double attention = 4.0 * static_cast<double>(avg_context) * static_cast<double>(c.num_attention_heads) *
+                           (qk + v) * static_cast<double>(c.num_hidden_layers);
+  return 4 * matmul + 2 * trainable + 2 * attention;
+}
+
+// Mean CE (and KL to the teacher) over an evaluation split, no gradient.
+EvalReport evaluate_split(DecoderImpl& model, DecoderImpl* teacher, const TokenCache& cache,
+                          const DataLoaderOptions& train_loader, int64_t max_batches, double temperature,
+                          torch::Device device) {
+  const auto start = Clock::now();
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  const LogitsHead head = model_head(model);
+  DataLoader loader(cache, eval_loader_options(train_loader));
+  double ce = 0, kl = 0;
+  int64_t ce_tokens = 0, kl_tokens = 0, batches = 0;
+  while (auto step = loader.next_step()) {
+    for (const PackedBatch& mb : step->micro_batches) {
+      if (max_batches > 0 && batches >= max_batches) break;
+      ++batches;
+      const BatchTensors b = to_tensors(mb, device);
+      if (b.trained_tokens == 0) continue;
+      const ForwardOptions fo{.positions = b.positions, .segment_ids = b.segments};
+      torch::Tensor teacher_logits;
+      if (teacher) teacher_logits = teacher->forward(b.input_ids, fo);
+      const LossSums sums = lm_loss_sums(head, model.hidden(b.input_ids, fo), b.targets, teacher_logits, {},
+                                         LossOptions{.temperature = temperature});
+      ce += sums.ce_sum.item<double>();
+      ce_tokens += sums.ce_tokens;
+      if (teacher) {
+        kl += sums.kl_sum.item<double>();
+        kl_tokens += sums.kl_tokens;
+      }
+    }
+    if (max_batches > 0 && batches >= max_batches) break;
+  }
+  if (was_training) model.train();
+  MLA_CHECK(ce_tokens > 0, "evaluation: the eval split has no trained token");
+  EvalReport r;
+  r.ce = ce / static_cast<double>(ce_tokens);
+  r.perplexity = std::exp(r.ce);
+  r.kl = kl_tokens > 0 ? kl / static_cast<double>(kl_tokens) : 0.0;
+  r.tokens = ce_tokens;
+  r.seconds = seconds_since(start);
+  return r;
+}
+
+// Optimizer steps a run of `epochs` passes takes (packing decides how many samples a step holds, so
+// each epoch's steps are counted from its own order; a fractional last epoch is rounded up).
+int64_t steps_for_epochs(const DataLoader& loader, double epochs) {
+  int64_t steps = 0;
+  const auto whole = static_cast<int64_t>(std::floor(epochs));
+  for (int64_t e = 0; e < whole; ++e) steps += loader.steps_in_epoch(e);
+  const double fraction = epochs - static_cast<double>(whole);
+  if (fraction > 0) steps += static_cast<int64_t>(std::ceil(fraction * static_cast<double>(loader.steps_in_epoch(whole))));
+  return std::max<int64_t>(1, steps);
+}
+
+// The trained model as a Hugging Face folder: config.json as loaded, weights in the checkpoint's dtype.
+// In bf16 mode the trainable weights are taken from the optimizer's fp32 masters (the model holds their
+// bf16 rounding), so a float32 checkpoint keeps the small updates bf16 would round away.
+void export_model(const std::string& dir, DecoderImpl& model, const AdamW& optimizer, const ModelSource& source) {
+  fs::create_directories(dir);
+  torch::Dtype dtype = torch::kFloat32;
+  try {
+    dtype = parse_torch_dtype(source.config.torch_dtype);
+  } catch (const Error&) {
+    log::warn("export: unknown torch_dtype '", source.config.torch_dtype, "' in ", source.path, "; writing float32");
+  }
+  StateDict weights = export_weights(model);
+  if (optimizer.options().precision == Precision::bf16_master) {
+    for (size_t i = 0; i < optimizer.size(); ++i) {
+      const auto hf = ours_to_hf(model.config(), optimizer.name(i));
+      MLA_CHECK(hf.has_value() && weights.count(*hf), "export: no Hugging Face name for ", optimizer.name(i));
+      weights[*hf] = optimizer.master(i);
+    }
+  }
+  for (auto& [name, tensor] : weights) tensor = tensor.detach().to(torch::kCPU, dtype).contiguous();
+  write_file(fs::path(dir) / "config.json", source.config.raw.dump(2) + "\n");
+  for (const auto& f : source.tokenizer_files) {
+    std::error_code ec;
+    fs::copy_file(f, fs::path(dir) / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
+    if (ec) log::warn("export: could not copy tokenizer file ", f, ": ", ec.message());
+  }
+  for (const auto& [name, contents] : source.generated_tokenizer_files)
+    if (!fs::exists(fs::path(dir) / name)) write_file(fs::path(dir) / name, contents);
+  save_state_dict(dir, weights);
+}
+
+}  // namespace
+
+nlohmann::json EvalReport::to_json() const {
+  return {{"step", step}, {"ce", ce}, {"perplexity", perplexity}, {"kl", kl}, {"tokens", tokens}, {"seconds", seconds}};
+}
+
+nlohmann::json TrainSummary::to_json() const {
+  nlohmann::json j = {{"output_dir", output_dir},
+                      {"model_dir", model_dir},
+                      {"steps", steps},
+                      {"skipped_steps", skipped_steps},
+                      {"tokens", tokens},
+                      {"trained_tokens", trained_tokens},
+                      {"train_seconds", train_seconds},
+                      {"tokens_per_second", tokens_per_second},
+                      {"trainable_parameters", trainable_parameters},
+                      {"total_parameters", total_parameters},
+                      {"evals", nlohmann::json::array()}};
+  for (const auto& e : evals) j["evals"].push_back(e.to_json());
+  if (teacher) j["teacher"] = teacher->to_json();
+  if (!steps_log.empty()) {
+    j["first_loss"] = steps_log.front().loss;
+    j["last_loss"] = steps_log.back().loss;
+  }
+  return j;
+}
+
+TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
+  if (options.threads > 0) torch::set_num_threads(options.threads);
+  torch::manual_seed(static_cast<uint64_t>(recipe.train.seed));
+  const RunPlan plan = single_process_plan(recipe);
+  const torch::Device device = pick_device(recipe.train.device);
+  const torch::Dtype compute = recipe.model.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  const double alpha = recipe.teacher.path.empty() ? 0.0 : recipe.teacher.kl_ratio;
+
+  // --- 1. the run's folder and the recipe as resolved ---------------------------------------------
+  TrainSummary summary;
+  summary.output_dir = recipe.train.output_dir;
+  fs::create_directories(summary.output_dir);
+  write_file(fs::path(summary.output_dir) / "recipe.yaml", dump_recipe_yaml(recipe));
+  if (recipe.checkpoint.resume != "auto" && recipe.checkpoint.resume != "none")
+    fail("checkpoint.resume: ", recipe.checkpoint.resume, ": resuming is not implemented in this version");
+
+  // --- 2. models -------------------------------------------------------------------------------------
+  const ModelSource source = load_source(recipe.model.path, recipe.model.tokenizer, "model.path");
+  const ModelConfig& config = source.config;
+  validate_against_model(recipe, config.num_attention_heads, config.num_key_value_heads, config.vocab_size,
+                         config.is_mla(), 1);
+  Decoder model = build_model(source, torch::kFloat32, device);
+  model->train();
+  Decoder teacher{nullptr};
+  if (!recipe.teacher.path.empty()) {
+    // The teacher shares the student's vocabulary; a llama2.c teacher (no tokenizer inside) takes the
+    // student's tokenizer file.
+    std::string teacher_tokenizer = recipe.model.tokenizer;
+    if (teacher_tokenizer.empty() && !fs::is_directory(recipe.teacher.path) && !source.tokenizer_files.empty())
+      teacher_tokenizer = source.tokenizer_files.front();
+    const ModelSource t = load_source(recipe.teacher.path, teacher_tokenizer, "teacher.path");
+    MLA_CHECK(t.config.vocab_size == config.vocab_size, "teacher.path: the teacher's vocabulary (",
+              t.config.vocab_size, ") differs from the model's (", config.vocab_size,
+              "): logit distillation needs the same tokens");
+    teacher = build_model(t, compute, device);
+    for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+  }
+  log::info("model: ", source.path, " (", family_name(config.family), config.is_mla() ? ", MLA" : ", GQA", ") on ",
+            device.str(), ", compute ", recipe.model.dtype, teacher ? "; teacher: " + recipe.teacher.path : "");
+
+  // --- 3. what trains, the optimizer, precision ------------------------------------------------------
+  const TrainableSelection selection = select_trainable(*model, recipe.model.trainable);
+  summary.trainable_parameters = selection.trainable_numel;
+  summary.total_parameters = selection.trainable_numel + selection.frozen_numel;
+  AdamWOptions adamw;
+  adamw.beta1 = recipe.optim.betas[0];
+  adamw.beta2 = recipe.optim.betas[1];
+  adamw.eps = recipe.optim.eps;
+  adamw.weight_decay = recipe.optim.weight_decay;
+  adamw.no_decay_names = no_decay_names(*model, recipe.optim.no_decay);
+  adamw.precision = compute == torch::kBFloat16 ? Precision::bf16_master : Precision::fp32;
+  AdamW optimizer(trainable_parameters(*model), adamw);  // bf16: takes fp32 masters, casts the params
+  if (compute == torch::kBFloat16) cast_frozen_parameters(*model, torch::kBFloat16);
+  set_activation_checkpointing(*model, recipe.model.activation_checkpointing);
+  log::info("trainable: ", selection.trainable.size(), " tensors, ", selection.trainable_numel, " of ",
+            summary.total_parameters, " parameters (", recipe.model.trainable.size() == 1 ? recipe.model.trainable[0] : "patterns",
+            "); optimizer AdamW ", precision_name(adamw.precision));
+
+  // --- 4. data -----------------------------------------------------------------------------------------
+  const RunData data = prepare_run_data(recipe, source);
+  const DataLoaderOptions loader_opts = loader_options(recipe, plan, data.train);
+  DataLoader loader(data.train, loader_opts);
+  const int64_t total_steps =
+      recipe.train.max_steps ? *recipe.train.max_steps : steps_for_epochs(loader, *recipe.train.epochs);
+  LRScheduleOptions sched;
+  sched.lr = recipe.optim.lr;
+  sched.total_steps = total_steps;
+  if (recipe.schedule.warmup_is_ratio()) {
+    sched.warmup_ratio = recipe.schedule.warmup;
+  } else {
+    sched.warmup_steps = std::min<int64_t>(static_cast<int64_t>(recipe.schedule.warmup), total_steps);
+  }
+  sched.min_lr_ratio = recipe.schedule.min_lr_ratio;
+  sched.decay = parse_lr_decay(recipe.schedule.decay);
+  const LRSchedule schedule(sched);
+  for (const auto& line : describe_run_plan(recipe, plan)) log::info("batch: ", line);
+  log::info("schedule: ", total_steps, " steps, warmup ", schedule.warmup_steps(), ", ", recipe.schedule.decay,
+            " decay to ", recipe.schedule.min_lr_ratio, " x lr ", recipe.optim.lr);
+  if (recipe.checkpoint.every > 0 && recipe.checkpoint.every < total_steps)
+    log::warn("checkpoint.every ", recipe.checkpoint.every,
+              ": periodic checkpoints are not written in this version; only the final model is exported");
+
+  metrics::MetricsOptions mopts = metrics::MetricsOptions::in_dir(summary.output_dir);
+  if (!recipe.log.tensorboard) mopts.tensorboard_dir.clear();
+  if (!recipe.log.png) mopts.plot_path.clear();
+  mopts.total_steps = total_steps;
+  mopts.log_every = recipe.train.log_every;
+  mopts.progress = metrics::parse_progress_mode(recipe.log.progress);
+  metrics::MetricsLogger metrics_log(mopts);
+
+  auto evaluate = [&](int64_t step) {
+    EvalReport r = evaluate_split(*model, teacher ? teacher.get() : nullptr, *data.eval, loader_opts, recipe.train.eval_batches,
+                                  recipe.teacher.temperature, device);
+    r.step = step;
+    metrics::Scalars values = {{"loss", r.ce}, {"ppl", r.perplexity}};
+    if (teacher) values.emplace_back("kl", r.kl);
+    metrics_log.log_eval(step, values);
+    log::debug("eval @ step ", step, ": ", r.tokens, " tokens in ", r.seconds, " s");
+    summary.evals.push_back(r);
+  };
+
+  // --- 5. the starting point (and the teacher's, the original model's) --------------------------------
+  if (data.eval && teacher) {
+    summary.teacher = evaluate_split(*teacher, nullptr, *data.eval, loader_opts, recipe.train.eval_batches, 1.0, device);
+    log::info("eval teacher: ce ", summary.teacher->ce, ", perplexity ", summary.teacher->perplexity);
+  }
+  if (data.eval && recipe.eval.at_start) evaluate(0);
+
+  // --- 6. the loop ---------------------------------------------------------------------------------------
+  const LogitsHead head = model_head(*model);
+  const LossOptions loss_options{.temperature = recipe.teacher.temperature};
+  const double aux_coef = config.is_moe() ? config.router_aux_loss_coef : 0.0;
+  const double flops_token = flops_per_token(*model, recipe.data.max_seq_len / 2);
+  const char* peak_env = std::getenv("MLAFORGE_PEAK_TFLOPS");
+  const double peak_flops = peak_env ? std::strtod(peak_env, nullptr) * 1e12 : 0.0;
+  const auto loop_start = Clock::now();
+  for (int64_t step = 0; step < total_steps; ++step) {
+    const auto step_start = Clock::now();
+    std::optional<LoaderStep> batch = loader.next_step();
+    MLA_CHECK(batch.has_value(), "data: the training stream ended early");  // endless stream (epochs = 0)
+    std::vector<BatchTensors> micro;
+    StepTokens step_tokens;
+    for (const PackedBatch& mb : batch->micro_batches) {
+      micro.push_back(to_tensors(mb, device));
+      step_tokens += count_tokens(micro.back().targets, !teacher.is_empty());
+    }
+    LossMeter meter;
+    double aux_sum = 0;
+    for (const BatchTensors& b : micro) {
+      const ForwardOptions fo{.positions = b.positions, .segment_ids = b.segments};
+      torch::Tensor teacher_logits;
+      if (teacher) {
+        torch::NoGradGuard no_grad;
+        teacher_logits = teacher->forward(b.input_ids, fo);
+      }
+      const LossSums sums = lm_loss_sums(head, model->hidden(b.input_ids, fo), b.targets, teacher_logits, {}, loss_options);
+      torch::Tensor loss = micro_batch_loss(sums, step_tokens, alpha);
+      if (aux_coef > 0) {
+        const torch::Tensor aux = model->aux_loss();
+        aux_sum += aux.item<double>();
+        loss = loss + aux * (aux_coef / static_cast<double>(micro.size()));
+      }
+      if (loss.requires_grad()) loss.backward();
+      optimizer.accumulate_grads();
+      meter.add(sums);
+    }
+    const double lr = schedule.lr(step);
+    const StepResult result = optimizer.step(lr, recipe.optim.grad_clip);
+    optimizer.zero_grad();
+
+    const LossMeter::Report losses = meter.report(alpha);
+    StepReport r;
+    r.step = step + 1;
+    r.ce = losses.ce;
+    r.kl = losses.kl;
+    r.aux = aux_sum / static_cast<double>(micro.size());
+    r.loss = losses.total + aux_coef * r.aux;
+    r.grad_norm = result.grad_norm;
+    r.clipped = result.clipped;
+    r.skipped = result.skipped;
+    r.lr = lr;
+    r.trained_tokens = batch->global_trained_tokens;
+    r.tokens = batch->global_tokens;
+    r.seconds = seconds_since(step_start);
+    summary.steps = r.step;
+    summary.skipped_steps += r.skipped;
+    summary.tokens += r.tokens;
+    summary.trained_tokens += r.trained_tokens;
+    summary.steps_log.push_back(r);
+    if (r.skipped) log::warn("step ", r.step, ": non-finite gradient norm; the update was skipped");
+
+    const double tokens_per_s = static_cast<double>(r.tokens) / std::max(r.seconds, 1e-9);
+    metrics::Scalars values = {{"loss", r.loss}, {"ce", r.ce}, {"grad_norm", r.grad_norm}, {"lr", r.lr},
+                               {"tokens_per_s", tokens_per_s}, {"tflops", flops_token * tokens_per_s / 1e12}};
+    if (teacher) values.emplace_back("kl", r.kl);
+    if (aux_coef > 0) values.emplace_back("aux", r.aux);
+    if (peak_flops > 0) values.emplace_back("mfu", flops_token * tokens_per_s / peak_flops);
+    if (device.is_cpu()) values.emplace_back("mem_gb", peak_rss_gib());
+    metrics_log.log_train(r.step, values);
+
+    const bool last = r.step == total_steps;
+    if (data.eval && recipe.train.eval_every > 0 && r.step % recipe.train.eval_every == 0 &&
+        !(last && recipe.eval.at_end))
+      evaluate(r.step);
+    if (options.on_step && !options.on_step(r)) break;
+  }
+  summary.train_seconds = seconds_since(loop_start);
+  summary.tokens_per_second = static_cast<double>(summary.tokens) / std::max(summary.train_seconds, 1e-9);
+
+  // --- 7. the end: final evaluation, export, report -------------------------------------------------------
+  if (data.eval && recipe.eval.at_end) evaluate(summary.steps);
+  metrics_log.finish();
+  if (recipe.train.export_at_end) {
+    summary.model_dir = (fs::path(summary.output_dir) / "model").string();
+    export_model(summary.model_dir, *model, optimizer, source);
+    log::info("exported the trained model to ", summary.model_dir);
+  }
+  write_file(fs::path(summary.output_dir) / "report.json", summary.to_json().dump(2) + "\n");
+  return summary;
+}
+
+}  // namespace mlaforge
