@@ -305,11 +305,23 @@ def run_ours(args, model, text, trainable, run_dir):
     }
 
 
+def tcmalloc_path():
+    """libtcmalloc_minimal.so.4 as the dynamic linker knows it (the allocator the mlaforge binary links)."""
+    out = subprocess.run(["ldconfig", "-p"], check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "libtcmalloc_minimal.so.4 " in line:
+            return line.split("=>")[-1].strip()
+    raise SystemExit("--pytorch-tcmalloc: libtcmalloc_minimal.so.4 not found (ldconfig -p)")
+
+
 def run_torch(args, model, text, trainable, run_dir):
     cfg = {"model": model, "text": text, "trainable": trainable, "threads": args.threads, "warmup": args.warmup,
            "steps": args.steps, "lr": args.lr}
     cmd = [args.python, os.path.abspath(__file__), "--worker", json.dumps(cfg)]
-    out, wall, rss = run_child(cmd, child_env(args.threads), os.path.join(run_dir, "pytorch.log"))
+    env = child_env(args.threads)
+    if args.pytorch_tcmalloc:
+        env["LD_PRELOAD"] = tcmalloc_path()
+    out, wall, rss = run_child(cmd, env, os.path.join(run_dir, "pytorch.log"))
     r = json.loads(out.strip().splitlines()[-1])
     r["peak_rss"] = rss
     r["wall_seconds"] = wall
@@ -342,6 +354,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first, per side")
     ap.add_argument("--configs", default="all,up_proj", help="trainable sets, comma-separated")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--pytorch-tcmalloc", action="store_true",
+                    help="preload tcmalloc_minimal into the PyTorch side too (mlaforge links it): an allocator-neutral ratio")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if args.worker:
@@ -363,7 +377,8 @@ def main():
                 break
     print(f"model: {model}\nbinary: {args.bin}\ntext: {text} ({args.docs})\n"
           f"machine: {cpu}, {os.cpu_count()} CPUs; threads per side: {args.threads}; "
-          f"{args.warmup} warm-up + {args.steps} timed steps of {MICRO_BATCH} x {SEQ_LEN} tokens, fp32\n"
+          f"{args.warmup} warm-up + {args.steps} timed steps of {MICRO_BATCH} x {SEQ_LEN} tokens, fp32; "
+          f"PyTorch allocator: {'tcmalloc_minimal (LD_PRELOAD)' if args.pytorch_tcmalloc else 'glibc malloc'}\n"
           f"load average before: {loadavg()}", flush=True)
 
     ours_base = ours_baseline_rss(args)

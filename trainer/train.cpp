@@ -60,7 +60,8 @@ double peak_rss_gib() {
 // The one-process layout, refusing more ranks with the reason.
 RunPlan single_process_plan(const Recipe& recipe) {
   const int64_t ranks = recipe.parallel.tp * std::max<int64_t>(1, recipe.parallel.dp);
-  MLA_CHECK(ranks == 1, "parallel: tp ", recipe.parallel.tp, " x dp ", recipe.parallel.dp, " asks for ", ranks,
+  const std::string dp = recipe.parallel.dp == 0 ? "auto" : std::to_string(recipe.parallel.dp);
+  MLA_CHECK(ranks == 1, "parallel: tp ", recipe.parallel.tp, " x dp ", dp, " asks for at least ", ranks,
             " processes; `mlaforge train` runs in one process in this version (tensor and data parallel training "
             "are not implemented yet): set parallel.tp=1 parallel.dp=1");
   return plan_run(recipe, 1);

@@ -29,9 +29,12 @@
 // train.eval_batches > 0 only that many micro-batches are evaluated (the same ones every time).
 //
 // One process only for now: a recipe asking for more ranks (parallel.tp or parallel.dp > 1) is refused
-// with the reason. Periodic checkpoints and resume are not done by this loop yet: a recipe that asks for
-// them (checkpoint.every > 0 or an explicit checkpoint.resume path) is run without them and the log says
-// so; the final model is always exported when train.export_at_end.
+// with the reason. Periodic checkpoints and resume are not done by this loop yet: checkpoint.every below
+// the run's length is warned about, an explicit checkpoint.resume path is an error; the final model is
+// exported when train.export_at_end.
+//
+// Threads: LibTorch's intra-op threads as set by the caller (the CLI's --threads); on a CPU shared with
+// other work use fewer threads than idle cores (OpenMP regions wait for descheduled threads).
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>

@@ -253,6 +253,36 @@ TEST_F(TrainRun, Bf16TracksFp32) {
   }
 }
 
+// A Mixtral (MoE) model trains with the load-balancing loss in its objective: loss = CE + coef x aux.
+TEST_F(TrainRun, MixtralObjectiveIncludesTheRouterLoss) {
+  // A tiny random Mixtral over stories260K's vocabulary, so that its SentencePiece tokenizer serves.
+  nlohmann::json j = {{"model_type", "mixtral"},      {"vocab_size", 512},          {"hidden_size", 32},
+                      {"intermediate_size", 48},      {"num_hidden_layers", 2},     {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2},     {"rms_norm_eps", 1e-5},       {"rope_theta", 10000.0},
+                      {"max_position_embeddings", 256}, {"num_local_experts", 4},   {"num_experts_per_tok", 2},
+                      {"router_aux_loss_coef", 0.02}, {"torch_dtype", "float32"}};
+  const ModelConfig config = ModelConfig::from_json(j, "tiny-mixtral");
+  const std::string folder = dir_ + "/mixtral";
+  fs::create_directories(folder);
+  Decoder model = random_decoder(config, 4);
+  save_state_dict(folder, export_weights(*model));
+  std::ofstream(folder + "/config.json") << j.dump(2);
+  fs::copy_file(testing::asset_path("models/stories260K/tok512.model"), folder + "/tokenizer.model");
+
+  const TrainSummary s = run_training(recipe("moe", {"model.path=" + folder, "train.max_steps=3", "eval.at_start=false",
+                                                     "train.export_at_end=false", "optim.lr=1e-3"}));
+  ASSERT_EQ(s.steps_log.size(), 3u);
+  for (const StepReport& st : s.steps_log) {
+    EXPECT_GT(st.aux, 0.5) << "step " << st.step;  // transformers' loss is about top_k (2) when balanced
+    EXPECT_NEAR(st.loss, st.ce + 0.02 * st.aux, 1e-9 * st.loss) << "step " << st.step;
+    EXPECT_TRUE(std::isfinite(st.grad_norm));
+  }
+  ASSERT_EQ(s.evals.size(), 1u);
+  EXPECT_TRUE(std::isfinite(s.evals[0].ce));
+  std::printf("[train] tiny mixtral: aux %.4f %.4f %.4f, ce %.4f -> %.4f\n", s.steps_log[0].aux, s.steps_log[1].aux,
+              s.steps_log[2].aux, s.steps_log[0].ce, s.steps_log[2].ce);
+}
+
 TEST_F(TrainRun, RefusesMoreThanOneProcessAndBadPatterns) {
   try {
     run_training(recipe("tp", {"parallel.tp=2"}));
