@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/threads.h"
+#include "parallel/communicator.h"
 
 namespace mlaforge::cli {
 
@@ -76,6 +77,9 @@ void run_command(const std::function<void()>& body) {
   } catch (const std::exception& e) {
     std::cerr << "mlaforge: error: " << e.what() << std::endl;
   }
+  // In a job of several processes a failing rank ends the whole job (MPI_Abort) rather than leaving the
+  // others waiting in their next collective until the timeout.
+  if (rc != 0 && parallel::detect_process_env().world_size > 1) parallel::abort_job(rc);
   // CLI11 turns RuntimeError into this exit code without printing anything more.
   if (rc != 0) throw CLI::RuntimeError(rc);
 }

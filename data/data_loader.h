@@ -28,9 +28,12 @@
 //                Each micro-batch is padded to its longest sample (rounded up to pad_to_multiple_of).
 //   packing on   several samples laid end to end (data/packing.h). The step takes the LONGEST run of the
 //                next samples of the stream, [p, p + k), that plan_packing (first-fit decreasing) fits into
-//                at most G rows of seq_len: k is found by binary search over the prefixes whose token sum
-//                fits in G * seq_len (first-fit decreasing is not strictly monotone in k, so the search may
-//                stop below the true largest k; the result is still deterministic and always fits). Row g of
+//                at most G rows of seq_len, searched exactly so (first-fit decreasing is not monotone in k, so
+//                the search may stop below the true largest k; the result is deterministic and always fits):
+//                  kmax = the longest prefix whose token sum is <= G * seq_len (at least 1 sample);
+//                  if kmax fits: k = kmax; else lo = 1, hi = kmax; while hi - lo > 1:
+//                    mid = lo + (hi - lo) / 2 (integer division); if mid fits: lo = mid else hi = mid;
+//                  k = lo. Row g of
 //                the step is row g of that plan. Every micro-batch has seq_len columns.
 // So in both modes the unit of the stream is the SAMPLE: a step consumes a contiguous run of the epoch's
 // order, the rows are formed from that run before they are distributed, and the dp ranks' rows together are

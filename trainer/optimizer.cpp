@@ -125,6 +125,25 @@ void AdamW::accumulate_grads() {
   }
 }
 
+std::vector<torch::Tensor> AdamW::gradients(bool zeros_for_missing) {
+  accumulate_grads();
+  std::vector<torch::Tensor> out;
+  out.reserve(slots_.size());
+  for (Slot& s : slots_) {
+    if (zeros_for_missing && !fp32_grad(s).defined()) {
+      torch::NoGradGuard no_grad;
+      auto zeros = torch::zeros(s.param.sizes(), s.param.options().dtype(torch::kFloat32));
+      if (options_.precision == Precision::fp32) {
+        s.param.mutable_grad() = zeros;
+      } else {
+        s.grad_acc = zeros;
+      }
+    }
+    out.push_back(fp32_grad(s));
+  }
+  return out;
+}
+
 torch::Tensor AdamW::fp32_grad(Slot& s) {
   if (options_.precision == Precision::fp32) return s.param.grad();
   return s.grad_acc;  // after accumulate_grads()

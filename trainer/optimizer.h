@@ -94,6 +94,13 @@ class AdamW {
   // not cleared: call zero_grad(). A non-finite norm skips the step (see StepResult) and is reported.
   StepResult step(double lr, double max_grad_norm = 0);
 
+  // The step's gradients as step() will use them, in parameter order: the parameters' .grad in fp32 mode,
+  // the fp32 accumulators in bf16 mode (accumulate_grads() is called first). Changing them in place (a
+  // data-parallel all-reduce) changes the step. A parameter without a gradient gets zeros first when
+  // `zeros_for_missing` (every rank of an all-reduce must contribute the same tensors), else its entry
+  // is undefined.
+  std::vector<torch::Tensor> gradients(bool zeros_for_missing = false);
+
   // Drops every gradient (set to undefined, like torch's set_to_none) and the fp32 accumulators.
   void zero_grad();
 

@@ -79,6 +79,8 @@ struct TrainSummary {
   int64_t trained_tokens = 0;        // loss terms
   double train_seconds = 0;          // the loop only (no evaluation, no export)
   double tokens_per_second = 0;      // tokens / train_seconds
+  int64_t world_size = 1, tp = 1, dp = 1;
+  std::optional<bool> replicas_identical;  // data parallel: checked at the end (unset with dp 1)
   int64_t trainable_parameters = 0;  // elements
   int64_t total_parameters = 0;
   std::optional<EvalReport> teacher;  // the teacher on the eval split (the original model's numbers)
