@@ -334,7 +334,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   sched.min_lr_ratio = recipe.schedule.min_lr_ratio;
   sched.decay = parse_lr_decay(recipe.schedule.decay);
   const LRSchedule schedule(sched);
-  for (const auto& line : describe_run_plan(recipe, plan)) log::info("batch: ", line);
+  for (const auto& line : describe_run_plan(recipe, plan)) log::info(line);
   log::info("schedule: ", total_steps, " steps, warmup ", schedule.warmup_steps(), ", ", recipe.schedule.decay,
             " decay to ", recipe.schedule.min_lr_ratio, " x lr ", recipe.optim.lr);
   if (recipe.checkpoint.every > 0 && recipe.checkpoint.every < total_steps)
@@ -408,7 +408,8 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
       meter.add(sums);
     }
     // Data parallel: sum the gradients over the DP group (each rank's share of the global objective).
-    if (groups.dp->size() > 1) parallel::all_reduce_gradients(optimizer.gradients(/*zeros_for_missing=*/true), *groups.dp);
+    parallel::BucketStats comm;
+    if (groups.dp->size() > 1) comm = parallel::all_reduce_gradients(optimizer.gradients(/*zeros_for_missing=*/true), *groups.dp);
     const double lr = schedule.lr(step);
     const StepResult result = optimizer.step(lr, recipe.optim.grad_clip);
     optimizer.zero_grad();
@@ -439,6 +440,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     r.trained_tokens = batch->global_trained_tokens;
     r.tokens = batch->global_tokens;
     r.seconds = seconds_since(step_start);
+    r.comm_seconds = comm.seconds;
     summary.steps = r.step;
     summary.skipped_steps += r.skipped;
     summary.tokens += r.tokens;
@@ -453,6 +455,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
                                {"trained_tokens", static_cast<double>(r.trained_tokens)}};
     if (teacher) values.emplace_back("kl", r.kl);
     if (aux_coef > 0) values.emplace_back("aux", r.aux);
+    if (groups.dp->size() > 1) values.emplace_back("comm_frac", r.comm_seconds / std::max(r.seconds, 1e-9));
     if (peak_flops > 0) values.emplace_back("mfu", flops_token * tokens_per_s / peak_flops);
     if (device.is_cpu()) values.emplace_back("mem_gb", peak_rss_gib());
     if (metrics_log) metrics_log->log_train(r.step, values);

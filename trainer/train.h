@@ -68,6 +68,7 @@ struct StepReport {
   int64_t trained_tokens = 0;  // CE tokens of the step
   int64_t tokens = 0;          // real (non-padding) tokens of the step
   double seconds = 0;          // wall time of the step
+  double comm_seconds = 0;     // of which in the data-parallel gradient all-reduce (copies included)
 };
 
 struct TrainSummary {
