@@ -27,11 +27,20 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache) {
-  auto h = mla_attn ? mla_attn(attn_norm(x), ctx, cache) : attn(attn_norm(x), ctx, cache);
+  auto a = attn_norm(x);
+  // Tensor parallelism (Megatron f/g, model/tp_hooks.h): GQA's q/k/v are all column-parallel, so their
+  // common input is the copy point; MLA places its own (its kv_a/q_a down-projections are replicated).
+  if (tp && !mla_attn) a = tp->copy_to_tp(a, TpPoint::attn_input);
+  auto h = mla_attn ? mla_attn(a, ctx, cache) : attn(a, ctx, cache);
+  if (tp) h = tp->reduce_from_tp(h, TpPoint::attn_output);  // o_proj is row-parallel: partial sums
   if (attn_post_norm) h = attn_post_norm(h);
   auto y = x + h;
   h = mlp_norm(y);
+  // Dense MLP: gate/up column-parallel, down row-parallel. MoE experts are replicated under TP
+  // (parallel/README.md), so the MoE block needs no communication.
+  if (tp && mlp) h = tp->copy_to_tp(h, TpPoint::mlp_input);
   h = moe ? moe(h) : mlp(h);
+  if (tp && mlp) h = tp->reduce_from_tp(h, TpPoint::mlp_output);
   if (mlp_post_norm) h = mlp_post_norm(h);
   return y + h;
 }
@@ -56,7 +65,8 @@ torch::Tensor DecoderImpl::hidden(const torch::Tensor& tokens, const ForwardOpti
   AttentionContext ctx =
       build_attention_context(config_, rope_, positions, options.segment_ids, options.key_valid, past);
 
-  auto x = embed(tokens);  // (B, T, D)
+  // Tensor parallelism: this rank holds a slice of the vocabulary; the hook looks up its ids and sums.
+  auto x = tp_hooks_ ? tp_hooks_->embed(embed->weight, tokens) : embed(tokens);  // (B, T, D)
   if (config_.family == Family::gemma2) {
     // Gemma multiplies by sqrt(D) rounded to the activation dtype, as transformers does.
     x = x * torch::tensor(config_.embedding_multiplier(), x.options()).to(x.dtype());
@@ -69,7 +79,9 @@ torch::Tensor DecoderImpl::hidden(const torch::Tensor& tokens, const ForwardOpti
   return norm(x);
 }
 
-torch::Tensor DecoderImpl::logits_from_hidden(const torch::Tensor& h) {
+torch::Tensor DecoderImpl::logits_from_hidden(const torch::Tensor& hidden) {
+  // Tensor parallelism: the LM head is vocabulary-parallel (this rank's logit columns only).
+  const auto h = tp_hooks_ ? tp_hooks_->copy_to_tp(hidden, TpPoint::lm_head_input) : hidden;
   auto logits = lm_head ? lm_head(h) : torch::nn::functional::linear(h, embed->weight);
   if (config_.final_logit_softcapping) {
     const double cap = *config_.final_logit_softcapping;
@@ -80,6 +92,15 @@ torch::Tensor DecoderImpl::logits_from_hidden(const torch::Tensor& h) {
 
 torch::Tensor DecoderImpl::forward(const torch::Tensor& tokens, const ForwardOptions& options) {
   return logits_from_hidden(hidden(tokens, options));
+}
+
+void DecoderImpl::set_tp_hooks(std::shared_ptr<TensorParallelHooks> hooks) {
+  tp_hooks_ = std::move(hooks);
+  for (const auto& layer : *layers) {
+    auto l = layer->as<DecoderLayerImpl>();
+    l->tp = tp_hooks_.get();
+    if (l->mla_attn) l->mla_attn->tp = tp_hooks_.get();
+  }
 }
 
 void DecoderImpl::set_mla_path(MLAPath path) {

@@ -11,6 +11,7 @@
 #include "model/kv_cache.h"
 #include "model/layers.h"
 #include "model/mla_attention.h"
+#include "model/tp_hooks.h"
 
 namespace mlaforge {
 
@@ -33,6 +34,8 @@ class DecoderLayerImpl : public torch::nn::Module {
   MLAAttention mla_attn{nullptr};     // deepseek_v3 (MLA)
   GatedMLP mlp{nullptr};
   SparseMoE moe{nullptr};
+  // Tensor parallelism (model/tp_hooks.h); null on a single device. Set by DecoderImpl::set_tp_hooks.
+  TensorParallelHooks* tp = nullptr;
 };
 TORCH_MODULE(DecoderLayer);
 
@@ -63,6 +66,11 @@ class DecoderImpl : public torch::nn::Module {
                                                   const AttentionContext& ctx, KVCache* cache)>;
   LayerRunner layer_runner;
 
+  // Tensor parallelism: installs (or, with null, removes) the hooks in this model and every layer. The
+  // model must be built from parallel::tp_rank_config and hold its rank's shard of the weights.
+  void set_tp_hooks(std::shared_ptr<TensorParallelHooks> hooks);
+  TensorParallelHooks* tp_hooks() const { return tp_hooks_.get(); }
+
   torch::nn::Embedding embed{nullptr};
   torch::nn::ModuleList layers;
   RMSNorm norm{nullptr};
@@ -71,6 +79,7 @@ class DecoderImpl : public torch::nn::Module {
  private:
   ModelConfig config_;
   RotaryEmbedding rope_;  // frequency table built once, not per forward
+  std::shared_ptr<TensorParallelHooks> tp_hooks_;
 };
 TORCH_MODULE(Decoder);
 

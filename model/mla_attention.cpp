@@ -68,7 +68,11 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttentionC
   const int64_t B = x.size(0), T = x.size(1), H = n_head_, R = kv_rank_;
 
   // Query, per head: [nope part | rope part].
-  auto q = wq ? wq(x) : wq_b(q_a_norm(wq_a(x)));            // (B, T, H * (nope + rope))
+  // Tensor parallelism: wq / wq_b are column-parallel by head, wq_a and q_a_norm replicated; the copy
+  // point sits between them so the replicated part (and x) gets the gradient summed over all heads.
+  auto q_in = wq ? x : q_a_norm(wq_a(x));                    // (B, T, D) or (B, T, Rq)
+  if (tp) q_in = tp->copy_to_tp(q_in, TpPoint::mla_query);
+  auto q = wq ? wq(q_in) : wq_b(q_in);                       // (B, T, H * (nope + rope))
   q = q.view({B, T, H, nope_ + rope_}).transpose(1, 2);      // (B, H, T, nope + rope)
   auto q_nope = q.narrow(-1, 0, nope_);                      // (B, H, T, nope)
   auto q_pe = rope(q.narrow(-1, nope_, rope_), ctx);         // (B, H, T, rope)
@@ -83,6 +87,10 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttentionC
   // The cache holds exactly this, both paths: [c_kv | k_pe] in one buffer (B, 1, S, R + rope), so a
   // decode step reads one contiguous row per token and the absorbed kernel needs no concatenation.
   auto latent = torch::cat({c_kv, k_pe}, -1);  // (B, 1, T, R + rope)
+  // Tensor parallelism: wkv_a and kv_a_norm are replicated but each rank's heads see only part of the
+  // loss, so the latent's gradient -- and above all the shared rope key's, which every head reads -- is
+  // partial per rank: sum it here, once, for both (cheaper than reducing their weight gradients).
+  if (tp) latent = tp->copy_to_tp(latent, TpPoint::mla_latent);
   if (cache != nullptr) latent = cache->append(layer_, {latent})[0];  // (B, 1, S, R + rope), S = past + T
 
   const torch::Tensor& mask = sliding_ ? ctx.mask_sliding : ctx.mask_full;

@@ -26,6 +26,7 @@
 #include "model/config.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
+#include "model/tp_hooks.h"
 
 namespace mlaforge {
 
@@ -61,6 +62,8 @@ class MLAAttentionImpl : public torch::nn::Module {
   RMSNorm kv_a_norm{nullptr};        // (R,)
   torch::nn::Linear wkv_b{nullptr};  // (H * (nope + v), R): per head, nope key rows then value rows
   torch::nn::Linear wo{nullptr};     // (D, H * v)
+  // Tensor parallelism (model/tp_hooks.h), set by DecoderImpl::set_tp_hooks; null on a single device.
+  TensorParallelHooks* tp = nullptr;
 
  private:
   // The two attention kernels. q_nope (B, H, T, nope) and q_pe (B, H, T, rope, rotated); latent

@@ -69,14 +69,16 @@ std::vector<WeightName> weight_table(const ModelConfig& c) {
     if (c.o_proj_bias) add(A + "o_proj.bias", a + "wo.bias", S::replicated);
   }
 
-  // MLP: dense SwiGLU/GeGLU or Mixtral's sparse experts (each expert split like a dense MLP).
+  // MLP: dense SwiGLU/GeGLU or Mixtral's sparse experts. Under tensor parallelism the experts are
+  // replicated (every TP rank runs the whole MoE block on its full input: no communication, full
+  // gradients; parallel/README.md); splitting them would also need the router's gradient reduced.
   if (c.is_moe()) {
     const std::string M = L + "block_sparse_moe.";
     const std::string m = l + "moe.";
     add(M + "gate.weight", m + "router.weight", S::replicated);
-    add(M + "experts.{e}.w1.weight", m + "experts.{e}.w_gate.weight", S::column);
-    add(M + "experts.{e}.w3.weight", m + "experts.{e}.w_up.weight", S::column);
-    add(M + "experts.{e}.w2.weight", m + "experts.{e}.w_down.weight", S::row);
+    add(M + "experts.{e}.w1.weight", m + "experts.{e}.w_gate.weight", S::replicated);
+    add(M + "experts.{e}.w3.weight", m + "experts.{e}.w_up.weight", S::replicated);
+    add(M + "experts.{e}.w2.weight", m + "experts.{e}.w_down.weight", S::replicated);
   } else {
     add(L + "mlp.gate_proj.weight", l + "mlp.w_gate.weight", S::column);
     add(L + "mlp.up_proj.weight", l + "mlp.w_up.weight", S::column);

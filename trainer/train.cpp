@@ -265,7 +265,9 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   summary.output_dir = recipe.train.output_dir;
   if (lead) {
     fs::create_directories(summary.output_dir);
-    write_file(fs::path(summary.output_dir) / "recipe.yaml", dump_recipe_yaml(recipe));
+    const std::string resolved = dump_recipe_yaml(recipe);
+    write_file(fs::path(summary.output_dir) / "recipe.yaml", resolved);
+    log::info("resolved recipe (saved as ", (fs::path(summary.output_dir) / "recipe.yaml").string(), "):\n", resolved);
   }
   if (recipe.checkpoint.resume != "auto" && recipe.checkpoint.resume != "none")
     fail("checkpoint.resume: ", recipe.checkpoint.resume, ": resuming is not implemented in this version");
