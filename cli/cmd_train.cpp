@@ -1,10 +1,12 @@
 // mlaforge train RECIPE.yaml [key.path=value ...]: fine-tune a model as the recipe says (trainer/train.h),
 // then print the evaluations (the teacher's, the start's, the end's) and the run's speed.
 #include <cstdio>
+#include <iostream>
 
 #include "cli/common.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "parallel/communicator.h"
 #include "trainer/recipe.h"
 #include "trainer/train.h"
 
@@ -41,6 +43,10 @@ void register_train(CLI::App& app) {
   cmd->callback([o] {
     run_command([&] {
       const Recipe recipe = load_recipe(o->recipe, o->overrides);
+      // The resolved recipe (every default filled) before anything runs; with --json stdout holds the
+      // report only. One process prints it in a parallel job.
+      if (!global_options().json && parallel::detect_process_env().rank == 0)
+        std::cout << "# " << o->recipe << ", resolved:\n" << dump_recipe_yaml(recipe) << std::flush;
       const TrainSummary summary = run_training(recipe);
       if (global_options().json) {
         print_json(summary.to_json());

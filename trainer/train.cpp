@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -19,6 +20,7 @@
 #include "model/weight_names.h"
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
+#include "parallel/tensor_parallel.h"
 #include "trainer/activation_checkpoint.h"
 #include "trainer/losses.h"
 #include "trainer/lr_schedule.h"
@@ -60,7 +62,7 @@ double peak_rss_gib() {
   return 0;
 }
 
-// The layout for this job's world size; tensor parallelism is refused until it exists.
+// The layout for this job's world size.
 RunPlan parallel_plan(const Recipe& recipe, int world_size) {
   const std::string dp = recipe.parallel.dp == 0 ? "auto" : std::to_string(recipe.parallel.dp);
   if (world_size == 1) {
@@ -68,8 +70,9 @@ RunPlan parallel_plan(const Recipe& recipe, int world_size) {
     MLA_CHECK(ranks == 1, "parallel: tp ", recipe.parallel.tp, " x dp ", dp, " asks for at least ", ranks,
               " processes but this is a single process: start ", ranks, " (mpirun -np ", ranks, " mlaforge train ...)");
   }
-  MLA_CHECK(recipe.parallel.tp == 1, "parallel.tp: ", recipe.parallel.tp,
-            ": tensor parallelism is not implemented in this version; use data parallelism (parallel.tp=1)");
+  MLA_CHECK(recipe.parallel.tp == 1 || recipe.teacher.path.empty(), "parallel.tp: ", recipe.parallel.tp,
+            ": distillation (teacher.path) under tensor parallelism is not implemented yet; use parallel.tp=1 "
+            "(data parallelism) for distillation runs");
   return plan_run(recipe, world_size);
 }
 
@@ -118,15 +121,27 @@ double flops_per_token(const DecoderImpl& model, int64_t avg_context) {
 }
 
 // Mean CE (and KL to the teacher) over an evaluation split, no gradient.
+// The loss sums of a model's final hidden states: the plain chunked loss, or under tensor parallelism
+// the vocabulary-parallel one (each rank holds a slice of the LM head; the full logits never exist).
+struct LossFunction {
+  DecoderImpl* model = nullptr;
+  parallel::Communicator* tp = nullptr;  // null: one device
+  int64_t full_vocab = 0;
+  LossSums operator()(const torch::Tensor& hidden, const torch::Tensor& targets, const torch::Tensor& teacher_logits,
+                      const LossOptions& options) const {
+    if (tp == nullptr) return lm_loss_sums(model_head(*model), hidden, targets, teacher_logits, {}, options);
+    return parallel::vocab_parallel_loss_sums(*model, hidden, targets, full_vocab, *tp, options);
+  }
+};
+
 // Each data-parallel rank evaluates its share of the micro-batches; the sums are added over `dp`.
-EvalReport evaluate_split(DecoderImpl& model, DecoderImpl* teacher, const TokenCache& cache,
+EvalReport evaluate_split(DecoderImpl& model, const LossFunction& loss, DecoderImpl* teacher, const TokenCache& cache,
                           const DataLoaderOptions& train_loader, int64_t max_batches, double temperature,
                           torch::Device device, parallel::Communicator& dp) {
   const auto start = Clock::now();
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
-  const LogitsHead head = model_head(model);
   DataLoader loader(cache, eval_loader_options(train_loader));
   double ce = 0, kl = 0;
   int64_t ce_tokens = 0, kl_tokens = 0, batches = 0;
@@ -139,8 +154,8 @@ EvalReport evaluate_split(DecoderImpl& model, DecoderImpl* teacher, const TokenC
       const ForwardOptions fo{.positions = b.positions, .segment_ids = b.segments};
       torch::Tensor teacher_logits;
       if (teacher) teacher_logits = teacher->forward(b.input_ids, fo);
-      const LossSums sums = lm_loss_sums(head, model.hidden(b.input_ids, fo), b.targets, teacher_logits, {},
-                                         LossOptions{.temperature = temperature});
+      const LossSums sums = loss(model.hidden(b.input_ids, fo), b.targets, teacher_logits,
+                                 LossOptions{.temperature = temperature});
       ce += sums.ce_sum.item<double>();
       ce_tokens += sums.ce_tokens;
       if (teacher) {
@@ -181,14 +196,10 @@ int64_t steps_for_epochs(const DataLoader& loader, double epochs) {
 // The trained model as a Hugging Face folder: config.json as loaded, weights in the checkpoint's dtype.
 // In bf16 mode the trainable weights are taken from the optimizer's fp32 masters (the model holds their
 // bf16 rounding), so a float32 checkpoint keeps the small updates bf16 would round away.
-void export_model(const std::string& dir, DecoderImpl& model, const AdamW& optimizer, const ModelSource& source) {
-  fs::create_directories(dir);
-  torch::Dtype dtype = torch::kFloat32;
-  try {
-    dtype = parse_torch_dtype(source.config.torch_dtype);
-  } catch (const Error&) {
-    log::warn("export: unknown torch_dtype '", source.config.torch_dtype, "' in ", source.path, "; writing float32");
-  }
+// The model's weights under their HF names, fp32 masters in place of bf16 trainable weights; under tensor
+// parallelism gathered from the TP group (collective: every rank of the group calls it).
+StateDict trained_weights(DecoderImpl& model, const AdamW& optimizer, const ModelConfig& full_config,
+                          parallel::Communicator* tp) {
   StateDict weights = export_weights(model);
   if (optimizer.options().precision == Precision::bf16_master) {
     for (size_t i = 0; i < optimizer.size(); ++i) {
@@ -196,6 +207,18 @@ void export_model(const std::string& dir, DecoderImpl& model, const AdamW& optim
       MLA_CHECK(hf.has_value() && weights.count(*hf), "export: no Hugging Face name for ", optimizer.name(i));
       weights[*hf] = optimizer.master(i);
     }
+  }
+  if (tp != nullptr) weights = parallel::gather_state_dict(full_config, weights, *tp);
+  return weights;
+}
+
+void export_model(const std::string& dir, StateDict weights, const ModelSource& source) {
+  fs::create_directories(dir);
+  torch::Dtype dtype = torch::kFloat32;
+  try {
+    dtype = parse_torch_dtype(source.config.torch_dtype);
+  } catch (const Error&) {
+    log::warn("export: unknown torch_dtype '", source.config.torch_dtype, "' in ", source.path, "; writing float32");
   }
   for (auto& [name, tensor] : weights) tensor = tensor.detach().to(torch::kCPU, dtype).contiguous();
   write_file(fs::path(dir) / "config.json", source.config.raw.dump(2) + "\n");
@@ -267,7 +290,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     fs::create_directories(summary.output_dir);
     const std::string resolved = dump_recipe_yaml(recipe);
     write_file(fs::path(summary.output_dir) / "recipe.yaml", resolved);
-    log::info("resolved recipe (saved as ", (fs::path(summary.output_dir) / "recipe.yaml").string(), "):\n", resolved);
+    log::info("resolved recipe saved as ", (fs::path(summary.output_dir) / "recipe.yaml").string());
   }
   if (recipe.checkpoint.resume != "auto" && recipe.checkpoint.resume != "none")
     fail("checkpoint.resume: ", recipe.checkpoint.resume, ": resuming is not implemented in this version");
@@ -277,8 +300,22 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   const ModelConfig& config = source.config;
   validate_against_model(recipe, config.num_attention_heads, config.num_key_value_heads, config.vocab_size,
                          config.is_mla(), groups.world->size());
-  Decoder model = build_model(source, torch::kFloat32, device);
+  const bool tensor_parallel = plan.tp > 1;
+  Decoder model{nullptr};
+  if (tensor_parallel) {
+    // This rank's slice of every column/row/vocab-split tensor (model/weight_names.h), in a model whose
+    // config has heads / tp, intermediate / tp and the padded vocabulary / tp; the hooks insert the
+    // Megatron all-reduces (parallel/tensor_parallel.h).
+    model = Decoder(parallel::tp_rank_config(config, static_cast<int>(plan.tp)));
+    load_weights(*model, parallel::shard_state_dict(config, source.weights, static_cast<int>(plan.tp), groups.tp_rank()),
+                 source.path);
+    model->to(device, torch::kFloat32);
+    model->set_tp_hooks(parallel::make_tp_hooks(config, *groups.tp));
+  } else {
+    model = build_model(source, torch::kFloat32, device);
+  }
   model->train();
+  const LossFunction loss_fn{model.get(), tensor_parallel ? groups.tp.get() : nullptr, config.vocab_size};
   // The loaded tensors are a second copy of the weights (measured: +0.44 GiB peak for SmolLM2-135M);
   // the export needs only the config and tokenizer files from the source.
   source.weights.clear();
@@ -312,6 +349,27 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   adamw.no_decay_names = no_decay_names(*model, recipe.optim.no_decay);
   adamw.precision = compute == torch::kBFloat16 ? Precision::bf16_master : Precision::fp32;
   AdamW optimizer(trainable_parameters(*model), adamw);  // bf16: takes fp32 masters, casts the params
+  if (tensor_parallel) {
+    // The global gradient norm: the sharded tensors' squares summed over the TP group, the replicated
+    // ones (norms, MLA kv_a / q_a, MoE experts: identical on every TP rank) counted once.
+    std::map<std::string, TpSplit> split;
+    for (const WeightName& w : expand_weight_names(config)) split[w.ours] = w.split;
+    std::vector<size_t> replicated;
+    for (size_t i = 0; i < optimizer.size(); ++i) {
+      const auto it = split.find(optimizer.name(i));
+      MLA_CHECK(it != split.end(), "tensor parallel: parameter ", optimizer.name(i), " is not in the weight table");
+      if (it->second == TpSplit::replicated) replicated.push_back(i);
+    }
+    const auto tp_size = static_cast<double>(plan.tp);
+    optimizer.set_norm_reducer([&optimizer, &groups, replicated, tp_size](torch::Tensor& squared_norm) {
+      const std::vector<torch::Tensor> grads = optimizer.gradients();
+      torch::Tensor once = torch::zeros_like(squared_norm);
+      for (size_t i : replicated)
+        if (grads[i].defined()) once += grads[i].to(squared_norm.scalar_type()).pow(2).sum();
+      groups.tp->all_reduce(squared_norm, parallel::ReduceOp::sum);
+      squared_norm.sub_(once * (tp_size - 1));
+    });
+  }
   if (compute == torch::kBFloat16) cast_frozen_parameters(*model, torch::kBFloat16);
   set_activation_checkpointing(*model, recipe.model.activation_checkpointing);
   log::info("trainable: ", selection.trainable.size(), " tensors, ", selection.trainable_numel, " of ",
@@ -354,7 +412,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   if (lead) metrics_log = std::make_unique<metrics::MetricsLogger>(mopts);
 
   auto evaluate = [&](int64_t step) {
-    EvalReport r = evaluate_split(*model, teacher ? teacher.get() : nullptr, *data.eval, loader_opts, recipe.train.eval_batches,
+    EvalReport r = evaluate_split(*model, loss_fn, teacher ? teacher.get() : nullptr, *data.eval, loader_opts, recipe.train.eval_batches,
                                   recipe.teacher.temperature, device, *groups.dp);
     r.step = step;
     metrics::Scalars values = {{"loss", r.ce}, {"ppl", r.perplexity}};
@@ -366,14 +424,14 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
 
   // --- 5. the starting point (and the teacher's, the original model's) --------------------------------
   if (data.eval && teacher) {
-    summary.teacher =
-        evaluate_split(*teacher, nullptr, *data.eval, loader_opts, recipe.train.eval_batches, 1.0, device, *groups.dp);
+    const LossFunction teacher_loss{teacher.get(), nullptr, config.vocab_size};
+    summary.teacher = evaluate_split(*teacher, teacher_loss, nullptr, *data.eval, loader_opts, recipe.train.eval_batches,
+                                     1.0, device, *groups.dp);
     log::info("eval teacher: ce ", summary.teacher->ce, ", perplexity ", summary.teacher->perplexity);
   }
   if (data.eval && recipe.eval.at_start) evaluate(0);
 
   // --- 6. the loop ---------------------------------------------------------------------------------------
-  const LogitsHead head = model_head(*model);
   const LossOptions loss_options{.temperature = recipe.teacher.temperature};
   const double aux_coef = config.is_moe() ? config.router_aux_loss_coef : 0.0;
   const double flops_token = flops_per_token(*model, recipe.data.max_seq_len / 2);
@@ -398,7 +456,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
         torch::NoGradGuard no_grad;
         teacher_logits = teacher->forward(b.input_ids, fo);
       }
-      const LossSums sums = lm_loss_sums(head, model->hidden(b.input_ids, fo), b.targets, teacher_logits, {}, loss_options);
+      const LossSums sums = loss_fn(model->hidden(b.input_ids, fo), b.targets, teacher_logits, loss_options);
       torch::Tensor loss = micro_batch_loss(sums, step_tokens, alpha);
       if (aux_coef > 0) {
         const torch::Tensor aux = model->aux_loss();
@@ -487,9 +545,12 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   if (metrics_log) metrics_log->finish();
   if (recipe.train.export_at_end) {
     summary.model_dir = (fs::path(summary.output_dir) / "model").string();
-    if (lead) {
-      export_model(summary.model_dir, *model, optimizer, source);
-      log::info("exported the trained model to ", summary.model_dir);
+    if (groups.dp_rank() == 0) {  // the TP group holding world rank 0 gathers; rank 0 writes
+      StateDict weights = trained_weights(*model, optimizer, config, tensor_parallel ? groups.tp.get() : nullptr);
+      if (lead) {
+        export_model(summary.model_dir, std::move(weights), source);
+        log::info("exported the trained model to ", summary.model_dir);
+      }
     }
   }
   if (lead) write_file(fs::path(summary.output_dir) / "report.json", summary.to_json().dump(2) + "\n");

@@ -28,10 +28,18 @@
 // gradient: ce = mean CE per trained token, ppl = exp(ce), and kl with a teacher. With
 // train.eval_batches > 0 only that many micro-batches are evaluated (the same ones every time).
 //
-// One process only for now: a recipe asking for more ranks (parallel.tp or parallel.dp > 1) is refused
-// with the reason. Periodic checkpoints and resume are not done by this loop yet: checkpoint.every below
-// the run's length is warned about, an explicit checkpoint.resume path is an error; the final model is
-// exported when train.export_at_end.
+// Parallel runs (`mpirun -np N mlaforge train ...`; parallel/README.md): the world is split into TP groups
+// of parallel.tp consecutive ranks and DP groups across them. Each DP rank takes its rows of the global
+// step (the loader), gradients are summed over the DP group in buckets, evaluation sums are added over
+// it, and the replicas are checked bitwise identical at the end. Under tensor parallelism each rank holds
+// its slice of every split tensor (parallel/tensor_parallel.h), the loss is vocabulary-parallel, the
+// gradient norm counts replicated tensors once, and the export gathers the slices. Distillation under
+// tensor parallelism is refused (not implemented yet). World rank 0 writes the run folder, metrics and
+// export; other ranks log warnings only.
+//
+// Periodic checkpoints and resume are not done by this loop yet: checkpoint.every below the run's length
+// is warned about, an explicit checkpoint.resume path is an error; the final model is exported when
+// train.export_at_end.
 //
 // Threads: LibTorch's intra-op threads as set by the caller (the CLI's --threads); on a CPU shared with
 // other work use fewer threads than idle cores (OpenMP regions wait for descheduled threads).
