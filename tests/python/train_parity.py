@@ -314,24 +314,9 @@ class Loader:
 # ----------------------------------------------------------------------------------------------------
 
 
-def lr_factor(step, warmup, total, min_ratio, decay):
-    """trainer/lr_schedule.h."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if decay == "constant":
-        return 1.0
-    p = min(max((step - warmup) / float(max(1, total - warmup - 1)), 0.0), 1.0)
-    if decay == "linear":
-        return min_ratio + (1 - min_ratio) * (1 - p)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-
-def no_decay(hf_name):
-    """trainer/optimizer.h's group rule in Hugging Face names: biases, norms, the input embedding."""
-    if hf_name.endswith(".bias") or hf_name == "model.embed_tokens.weight":
-        return True
-    parts = hf_name.split(".")
-    return len(parts) >= 2 and parts[-2].endswith("norm")
+# The schedule (trainer/lr_schedule.h) and the no-decay rule (trainer/optimizer.h), transcribed once for
+# the optimizer references.
+from refs_optim import lr_factor, no_decay  # noqa: E402
 
 
 def is_trainable(preset, hf_name):
