@@ -126,27 +126,32 @@ torch::Tensor DecoderImpl::aux_loss() const {
   return (torch::stack(fractions).mean(0) * torch::stack(probs).mean(0)).sum() * num_experts;
 }
 
-void load_weights(DecoderImpl& model, const StateDict& weights, const std::string& source) {
+void load_weights(DecoderImpl& model, const WeightReader& weights) {
   const ModelConfig& c = model.config();
   auto params = model.named_parameters(/*recurse=*/true);
   std::set<std::string> used;
   torch::NoGradGuard no_grad;
+  // One tensor at a time: from a mapped checkpoint only the tensor being copied is resident.
   for (const WeightName& w : expand_weight_names(c)) {
-    auto it = weights.find(w.hf);
-    MLA_CHECK(it != weights.end(), source, ": missing tensor '", w.hf, "'");
+    MLA_CHECK(weights.contains(w.hf), weights.origin(), ": missing tensor '", w.hf, "'");
     torch::Tensor* param = params.find(w.ours);
     MLA_CHECK(param != nullptr, "internal: model has no parameter '", w.ours, "' for '", w.hf, "'");
-    MLA_CHECK(it->second.sizes() == param->sizes(), source, ": tensor '", w.hf, "' has shape ",
-              it->second.sizes(), " but the config implies ", param->sizes());
-    param->copy_(it->second);
+    const torch::Tensor tensor = weights.get(w.hf);
+    MLA_CHECK(tensor.sizes() == param->sizes(), weights.origin(), ": tensor '", w.hf, "' has shape ", tensor.sizes(),
+              " but the config implies ", param->sizes());
+    param->copy_(tensor);
     used.insert(w.hf);
   }
-  for (const auto& [name, tensor] : weights) {
+  for (const auto& name : weights.names()) {
     // Rotary caches some exporters add are derived data, not weights.
     if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
-    MLA_CHECK(used.count(name), source, ": unexpected tensor '", name, "' (not part of a ", family_name(c.family),
-              " model with this config)");
+    MLA_CHECK(used.count(name), weights.origin(), ": unexpected tensor '", name, "' (not part of a ",
+              family_name(c.family), " model with this config)");
   }
+}
+
+void load_weights(DecoderImpl& model, const StateDict& weights, const std::string& source) {
+  load_weights(model, WeightReader(weights, source));
 }
 
 StateDict export_weights(const DecoderImpl& model) {
@@ -162,11 +167,7 @@ StateDict export_weights(const DecoderImpl& model) {
 
 Decoder build_model(const ModelSource& source, torch::Dtype dtype, torch::Device device) {
   Decoder model(source.config);
-  if (source.checkpoint) {
-    load_weights(*model, read_all(WeightReader(source)), source.path);
-  } else {
-    load_weights(*model, source.weights, source.path);
-  }
+  load_weights(*model, WeightReader(source));
   model->to(device, dtype);
   model->eval();
   return model;

@@ -15,6 +15,8 @@
 
 namespace mlaforge {
 
+class WeightReader;
+
 struct ForwardOptions {
   torch::Tensor positions;    // (B, T) int64 RoPE positions; default past + arange(T)
   torch::Tensor segment_ids;  // (B, T) packed documents: attention stays inside a segment
@@ -86,6 +88,8 @@ TORCH_MODULE(Decoder);
 // Copies HF-named weights into the model, converting dtype; every model parameter must be present and
 // shaped right, and every tensor in `weights` must be used. Errors name the tensor.
 void load_weights(DecoderImpl& model, const StateDict& weights, const std::string& source);
+// The same from a reader, tensor by tensor (a lazily opened checkpoint is never resident as a whole).
+void load_weights(DecoderImpl& model, const WeightReader& weights);
 // The model's parameters under their Hugging Face names (for export).
 StateDict export_weights(const DecoderImpl& model);
 

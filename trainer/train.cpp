@@ -76,9 +76,12 @@ RunPlan parallel_plan(const Recipe& recipe, int world_size) {
   return plan_run(recipe, world_size);
 }
 
-ModelSource load_source(const std::string& path, const std::string& tokenizer, const char* key) {
+// lazy: a Hugging Face folder stays mapped and build_model reads it tensor by tensor (the peak holds the
+// model, not the model plus a loaded copy).
+ModelSource load_source(const std::string& path, const std::string& tokenizer, const char* key, bool lazy) {
   LoadOptions load;
   load.tokenizer_path = tokenizer;
+  load.lazy_weights = lazy;
   try {
     return load_model_source(path, load);
   } catch (const Error& e) {
@@ -296,11 +299,11 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     fail("checkpoint.resume: ", recipe.checkpoint.resume, ": resuming is not implemented in this version");
 
   // --- 2. models -------------------------------------------------------------------------------------
-  ModelSource source = load_source(recipe.model.path, recipe.model.tokenizer, "model.path");
+  const bool tensor_parallel = plan.tp > 1;
+  ModelSource source = load_source(recipe.model.path, recipe.model.tokenizer, "model.path", !tensor_parallel);
   const ModelConfig& config = source.config;
   validate_against_model(recipe, config.num_attention_heads, config.num_key_value_heads, config.vocab_size,
                          config.is_mla(), groups.world->size());
-  const bool tensor_parallel = plan.tp > 1;
   Decoder model{nullptr};
   if (tensor_parallel) {
     // This rank's slice of every column/row/vocab-split tensor (model/weight_names.h), in a model whose
@@ -316,8 +319,8 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   }
   model->train();
   const LossFunction loss_fn{model.get(), tensor_parallel ? groups.tp.get() : nullptr, config.vocab_size};
-  // The loaded tensors are a second copy of the weights (measured: +0.44 GiB peak for SmolLM2-135M);
-  // the export needs only the config and tokenizer files from the source.
+  // Under tensor parallelism the whole checkpoint was loaded to cut this rank's slices: drop it. The
+  // export needs only the config and tokenizer files from the source.
   source.weights.clear();
   source.checkpoint.reset();
   Decoder teacher{nullptr};
@@ -327,7 +330,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     std::string teacher_tokenizer = recipe.model.tokenizer;
     if (teacher_tokenizer.empty() && !fs::is_directory(recipe.teacher.path) && !source.tokenizer_files.empty())
       teacher_tokenizer = source.tokenizer_files.front();
-    const ModelSource t = load_source(recipe.teacher.path, teacher_tokenizer, "teacher.path");
+    const ModelSource t = load_source(recipe.teacher.path, teacher_tokenizer, "teacher.path", /*lazy=*/true);
     MLA_CHECK(t.config.vocab_size == config.vocab_size, "teacher.path: the teacher's vocabulary (",
               t.config.vocab_size, ") differs from the model's (", config.vocab_size,
               "): logit distillation needs the same tokens");
