@@ -148,7 +148,7 @@ void register_convert(CLI::App& app) {
       }
       PipelineResult run = convert_streaming(src.config, weights, calib, eval_tokens, po);
       const ConvertResult& res = run.conversion;
-      write_mla_metadata(o->out, res.config_json, src);
+      write_model_metadata(o->out, res.config_json, src);
       log::info("converted and wrote ", o->out, " (", since(), " s)");
       const int64_t calibration_tokens = res.config_json["mlaforge_conversion"]["calibration_tokens"].get<int64_t>();
       const double engine_diff = run.engine_max_diff;

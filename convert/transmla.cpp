@@ -673,7 +673,7 @@ double verify_mla_engine(DecoderImpl& model, const torch::Tensor& tokens, double
   return diff;
 }
 
-void write_mla_metadata(const std::string& dir, const nlohmann::json& config_json, const ModelSource& source) {
+void write_model_metadata(const std::string& dir, const nlohmann::json& config_json, const ModelSource& source) {
   fs::create_directories(dir);
   {
     std::ofstream out(dir + "/config.json");
@@ -696,7 +696,7 @@ void write_mla_metadata(const std::string& dir, const nlohmann::json& config_jso
 }
 
 void write_mla_folder(const std::string& dir, const ConvertResult& result, const ModelSource& source) {
-  write_mla_metadata(dir, result.config_json, source);
+  write_model_metadata(dir, result.config_json, source);
   save_state_dict(dir, result.weights);
 }
 

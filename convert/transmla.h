@@ -196,7 +196,7 @@ torch::Tensor mla_reference_attention(MLAAttentionImpl& attention, const ModelCo
 double verify_mla_engine(DecoderImpl& mla_model, const torch::Tensor& tokens, double tolerance = 1e-3);
 
 // Writes config.json and the tokenizer files (copied, or generated from an embedded vocabulary).
-void write_mla_metadata(const std::string& dir, const nlohmann::json& config_json, const ModelSource& source);
+void write_model_metadata(const std::string& dir, const nlohmann::json& config_json, const ModelSource& source);
 // Writes config.json (+ generation settings from the source), model.safetensors and tokenizer files.
 void write_mla_folder(const std::string& dir, const ConvertResult& result, const ModelSource& source);
 

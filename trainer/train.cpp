@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 
+#include "convert/transmla.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/checkpoint.h"
@@ -224,14 +225,7 @@ void export_model(const std::string& dir, StateDict weights, const ModelSource& 
     log::warn("export: unknown torch_dtype '", source.config.torch_dtype, "' in ", source.path, "; writing float32");
   }
   for (auto& [name, tensor] : weights) tensor = tensor.detach().to(torch::kCPU, dtype).contiguous();
-  write_file(fs::path(dir) / "config.json", source.config.raw.dump(2) + "\n");
-  for (const auto& f : source.tokenizer_files) {
-    std::error_code ec;
-    fs::copy_file(f, fs::path(dir) / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
-    if (ec) log::warn("export: could not copy tokenizer file ", f, ": ", ec.message());
-  }
-  for (const auto& [name, contents] : source.generated_tokenizer_files)
-    if (!fs::exists(fs::path(dir) / name)) write_file(fs::path(dir) / name, contents);
+  write_model_metadata(dir, source.config.raw, source);  // config.json as loaded, tokenizer files
   save_state_dict(dir, weights);
 }
 

@@ -290,13 +290,13 @@ TEST_P(ConvertFamily, NaiveAbsorbedAndLatentCacheDecode) {
   }
 }
 
-// The folder the pipeline writes (shards + write_mla_metadata) loads back as the same model.
+// The folder the pipeline writes (shards + write_model_metadata) loads back as the same model.
 TEST_P(ConvertFamily, WrittenFolderReloads) {
   const std::string family = GetParam();
   ModelSource src = tiny_family(family, 2);
   const std::string dir = testing::make_temp_dir("convert_family_" + family);
   PipelineResult run = run_pipeline(src, 4, 24, dir);
-  write_mla_metadata(dir, run.conversion.config_json, src);
+  write_model_metadata(dir, run.conversion.config_json, src);
   LoadOptions load;
   load.load_tokenizer = false;
   ModelSource back = load_model_source(dir, load);

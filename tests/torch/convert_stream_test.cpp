@@ -96,7 +96,7 @@ TEST(ConvertStream, LazyFolderEqualsInMemoryAndWritesLoadableShards) {
   const double before = evaluate_nll(*original, eval, eo).mean_nll;
   ASSERT_TRUE(streamed.evaluated);
   EXPECT_NEAR(streamed.before.mean_nll, before, 1e-5);
-  write_mla_metadata(po.out_dir, streamed.conversion.config_json, full);
+  write_model_metadata(po.out_dir, streamed.conversion.config_json, full);
   ModelSource written = load(po.out_dir, false);
   EXPECT_TRUE(fs::exists(po.out_dir + "/model.safetensors.index.json"));
   for (const auto& entry : fs::directory_iterator(po.out_dir))
@@ -162,7 +162,7 @@ TEST(KVBudget, PerLayerRanksRunAndReload) {
   PipelineResult r = convert_streaming(src.config, WeightReader(src), docs(6, 24, 4), docs(3, 16, 5), po);
   EXPECT_EQ(r.conversion.config.kv_cache_values_per_token(), 60 + 3 * 8);
   ModelSource full = load(dir, false);
-  write_mla_metadata(po.out_dir, r.conversion.config_json, full);
+  write_model_metadata(po.out_dir, r.conversion.config_json, full);
   ModelSource written = load(po.out_dir, false);
   ASSERT_EQ(written.config.kv_lora_ranks, po.layer_ranks);
   Decoder mla = build_model(written);
