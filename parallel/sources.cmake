@@ -82,3 +82,4 @@ endif()
 # Data-parallel helpers (gradient buckets, scalar sums, replica check), used by trainer/train.cpp.
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/data_parallel.cpp)
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/tensor_parallel.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/zero.cpp)

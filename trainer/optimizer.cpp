@@ -5,6 +5,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "parallel/zero.h"
 
 namespace mlaforge {
 
@@ -55,7 +56,7 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& grads, double max
   torch::Tensor total = torch::linalg_vector_norm(torch::stack(norms), 2);
   if (reduce) {
     torch::Tensor squared = total * total;
-    reduce(squared);
+    reduce(squared, grads);
     total = squared.sqrt();
   }
   if (max_norm > 0) {
@@ -74,6 +75,8 @@ AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, AdamWOpt
             "optimizer: betas must be in [0, 1), got ", options.beta1, ", ", options.beta2);
   MLA_CHECK(options.eps > 0, "optimizer: eps must be > 0, got ", options.eps);
   MLA_CHECK(options.weight_decay >= 0, "optimizer: weight_decay must be >= 0, got ", options.weight_decay);
+  MLA_CHECK(options.shard_count >= 1 && options.shard_rank >= 0 && options.shard_rank < options.shard_count,
+            "optimizer: shard ", options.shard_rank, " of ", options.shard_count, " is not a valid ZeRO shard");
   std::set<std::string> seen;
   torch::NoGradGuard no_grad;
   for (auto& [name, param] : params) {
@@ -87,6 +90,13 @@ AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, AdamWOpt
               std::find(options.no_decay_names.begin(), options.no_decay_names.end(), name) ==
                   options.no_decay_names.end();
     const auto fp32 = param.options().dtype(torch::kFloat32);
+    MLA_CHECK(param.dim() >= 1 || options.shard_count == 1, "optimizer: parameter '", name,
+              "' is a scalar; ZeRO shards rows of tensors");
+    const parallel::RowRange rows =
+        param.dim() == 0 ? parallel::RowRange{0, 1}
+                         : parallel::zero_row_range(param.size(0), options.shard_rank, options.shard_count);
+    s.row_begin = rows.begin;
+    s.row_end = rows.end;
     if (options.precision == Precision::fp32) {
       MLA_CHECK(param.scalar_type() == torch::kFloat32, "optimizer: parameter '", name, "' is ",
                 c10::toString(param.scalar_type()), "; the fp32 mode needs float32 parameters (use bf16 mode)");
@@ -94,15 +104,21 @@ AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, AdamWOpt
       MLA_CHECK(param.scalar_type() == torch::kFloat32 || param.scalar_type() == torch::kBFloat16,
                 "optimizer: parameter '", name, "' is ", c10::toString(param.scalar_type()),
                 "; the bf16 mode takes float32 (preferred: exact masters) or bfloat16 parameters");
-      s.master = param.detach().to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true).contiguous();
+      s.master = own_rows(s, param.detach()).to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true).contiguous();
       if (param.grad().defined()) param.mutable_grad().reset();
-      // Same Parameter object, bf16 storage: the module's member tensor sees the change.
-      param.set_data(s.master.to(torch::kBFloat16));
+      // Same Parameter object, bf16 storage: the module's member tensor sees the change. (Rounding the
+      // float32 weight is what rounding its master gives, so every ZeRO rank agrees on every row.)
+      if (param.scalar_type() != torch::kBFloat16) param.set_data(param.detach().to(torch::kBFloat16));
     }
-    s.exp_avg = torch::zeros(param.sizes(), fp32);
-    s.exp_avg_sq = torch::zeros(param.sizes(), fp32);
+    s.exp_avg = torch::zeros(own_rows(s, param).sizes(), fp32);
+    s.exp_avg_sq = torch::zeros(own_rows(s, param).sizes(), fp32);
     slots_.push_back(std::move(s));
   }
+}
+
+torch::Tensor AdamW::own_rows(const Slot& slot, const torch::Tensor& t) const {
+  if (options_.shard_count == 1 || t.dim() == 0) return t;
+  return t.narrow(0, slot.row_begin, slot.row_end - slot.row_begin);
 }
 
 const torch::Tensor& AdamW::master(size_t i) const {
@@ -155,7 +171,10 @@ StepResult AdamW::step(double lr, double max_grad_norm) {
   accumulate_grads();
   std::vector<torch::Tensor> grads;
   grads.reserve(slots_.size());
-  for (Slot& s : slots_) grads.push_back(fp32_grad(s));
+  for (Slot& s : slots_) {
+    const torch::Tensor g = fp32_grad(s);
+    grads.push_back(g.defined() ? own_rows(s, g) : g);
+  }
 
   // Norm first (no clipping yet): a non-finite norm must leave everything untouched.
   torch::Tensor norm = clip_grad_norm(grads, 0.0, reduce_);
@@ -184,14 +203,14 @@ StepResult AdamW::step(double lr, double max_grad_norm) {
     Slot& s = slots_[i];
     const torch::Tensor& g = grads[i];
     if (!g.defined()) continue;
-    torch::Tensor& w = s.master.defined() ? s.master : s.param;
+    torch::Tensor w = s.master.defined() ? s.master : own_rows(s, s.param);
     const double wd = s.decay ? options_.weight_decay : 0.0;
     if (wd != 0) w.mul_(1 - lr * wd);
     s.exp_avg.lerp_(g, 1 - beta1);
     s.exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2);
     auto denom = (s.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(options_.eps);
     w.addcdiv_(s.exp_avg, denom, -step_size);
-    if (s.master.defined()) s.param.copy_(s.master);  // fp32 -> bf16, round to nearest even
+    if (s.master.defined()) own_rows(s, s.param).copy_(s.master);  // fp32 -> bf16, round to nearest even
   }
   return result;
 }
@@ -242,8 +261,8 @@ void AdamW::load_state_dict(const StateDict& state) {
     for (const char* suffix : {".exp_avg", ".exp_avg_sq", ".master"}) {
       if (!masters && std::string(suffix) == ".master") continue;
       const torch::Tensor& t = get(s.name + suffix);
-      MLA_CHECK(t.sizes() == s.param.sizes(), "optimizer state: '", s.name, suffix, "' has shape ", t.sizes(),
-                " but the parameter has ", s.param.sizes());
+      MLA_CHECK(t.sizes() == s.exp_avg.sizes(), "optimizer state: '", s.name, suffix, "' has shape ", t.sizes(),
+                " but this optimizer's state has ", s.exp_avg.sizes(), sharded() ? " (its ZeRO shard)" : "");
       MLA_CHECK(t.scalar_type() == torch::kFloat32, "optimizer state: '", s.name, suffix, "' is ",
                 c10::toString(t.scalar_type()), ", expected float32");
     }
@@ -260,7 +279,7 @@ void AdamW::load_state_dict(const StateDict& state) {
     s.exp_avg_sq.copy_(get(s.name + ".exp_avg_sq"));
     if (masters) {
       s.master.copy_(get(s.name + ".master"));
-      s.param.copy_(s.master);
+      own_rows(s, s.param).copy_(s.master);
     }
     s.grad_acc = torch::Tensor();
   }

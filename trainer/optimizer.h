@@ -27,6 +27,12 @@
 //
 // Memory per trainable parameter: fp32 12 bytes (+4 for the gradient); bf16_master 2 (weight) + 12
 // (master, m, v) + 2 (bf16 gradient) + 4 transiently (fp32 gradient during the step).
+//
+// ZeRO-1 (parallel/zero.h): with shard_count > 1 this optimizer owns only rows
+// zero_row_range(rows, shard_rank, shard_count) of every parameter: its master, exp_avg and exp_avg_sq
+// have those rows only (1/dp of the state memory), step() reads those rows of each gradient (which the
+// caller has reduce-scattered) and updates those rows of the weight; the caller then all-gathers the
+// other rows. The gradient norm is then a per-rank partial sum that the norm reducer completes.
 #include <torch/torch.h>
 
 #include <functional>
@@ -53,14 +59,19 @@ struct AdamWOptions {
   // ignored: a frozen parameter has no optimizer slot.
   std::vector<std::string> no_decay_names;
   Precision precision = Precision::fp32;
+  // ZeRO-1 sharding over the data-parallel group (see above); 1: every rank holds the whole state.
+  int shard_rank = 0;
+  int shard_count = 1;
 };
 
 // The group rule above, for one parameter's mlaforge name.
 bool applies_weight_decay(const std::string& name, bool decay_embeddings);
 
-// Sums a squared norm across ranks in place (an all-reduce); used for the global gradient norm under data
-// or tensor parallelism. Null: this process holds every gradient.
-using NormReducer = std::function<void(torch::Tensor& squared_norm)>;
+// Completes a squared gradient norm across ranks in place (all-reduces); used for the global gradient norm
+// under tensor parallelism or ZeRO. `grads` are the tensors the local norm was taken over (the optimizer's
+// own rows under ZeRO), for reducers that must count some of them differently (tensors replicated over
+// the TP group). Null: this process holds every gradient.
+using NormReducer = std::function<void(torch::Tensor& squared_norm, const std::vector<torch::Tensor>& grads)>;
 
 // torch.nn.utils.clip_grad_norm_(norm_type=2, foreach=False): the L2 norm of the per-tensor L2 norms, then
 // every gradient scaled in place by min(1, max_norm / (norm + 1e-6)) (always multiplied, as torch does,
@@ -105,12 +116,13 @@ class AdamW {
   void zero_grad();
 
   // Optimizer state, name -> tensor, for checkpoints (safetensors-compatible, CPU copies):
-  //   <param>.exp_avg, <param>.exp_avg_sq   float32, the parameter's shape
+  //   <param>.exp_avg, <param>.exp_avg_sq   float32, the parameter's shape (its own rows under ZeRO)
   //   <param>.master                        float32, bf16_master mode only
   //   step                                  int64 (1,): optimizer steps taken
   // Loading restores the exact state (and, in bf16_master mode, re-casts the bf16 parameters from the
-  // masters), so training continues bitwise as if it had not stopped. Missing, unexpected or misshapen
-  // entries and a precision-mode mismatch throw, naming the entry.
+  // masters: under ZeRO only the own rows, the caller all-gathers the rest), so training continues
+  // bitwise as if it had not stopped. Missing, unexpected or misshapen entries and a precision-mode
+  // mismatch throw, naming the entry.
   StateDict state_dict() const;
   void load_state_dict(const StateDict& state);
 
@@ -121,8 +133,12 @@ class AdamW {
   size_t size() const { return slots_.size(); }
   const std::string& name(size_t i) const { return slots_.at(i).name; }
   bool decays(size_t i) const { return slots_.at(i).decay; }
-  // The float32 master of parameter i (bf16_master), else the parameter itself.
+  // The float32 master of parameter i (bf16_master), else the parameter itself. Under ZeRO the master
+  // holds only the own rows (shard_rows(i)); the fp32-mode parameter is whole.
   const torch::Tensor& master(size_t i) const;
+  // Rows [begin, end) of parameter i this optimizer owns (all rows without ZeRO).
+  std::pair<int64_t, int64_t> shard_rows(size_t i) const { return {slots_.at(i).row_begin, slots_.at(i).row_end}; }
+  bool sharded() const { return options_.shard_count > 1; }
 
  private:
   struct Slot {
@@ -132,7 +148,10 @@ class AdamW {
     torch::Tensor exp_avg, exp_avg_sq;  // fp32
     torch::Tensor grad_acc;    // fp32 accumulated gradient (bf16_master only; undefined when none)
     bool decay = true;
+    int64_t row_begin = 0, row_end = 0;  // the rows this optimizer updates (ZeRO), else all
   };
+  // Rows [row_begin, row_end) of a tensor shaped like the slot's parameter (itself without ZeRO).
+  torch::Tensor own_rows(const Slot& slot, const torch::Tensor& t) const;
   // The fp32 gradient the update uses (undefined when the parameter got none).
   torch::Tensor fp32_grad(Slot& slot);
 

@@ -138,6 +138,7 @@ struct ParallelRecipe {
   int64_t dp = 0;   // data-parallel ranks; 0 is "auto": world size / tp
   std::string backend = "auto";  // auto | mpi | nccl
   int64_t timeout_s = 1800;      // collective timeout
+  int64_t zero = 0;              // ZeRO stage: 0 replicated optimizer state; 1 sharded over the DP group
   bool operator==(const ParallelRecipe&) const = default;
 };
 

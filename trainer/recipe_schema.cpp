@@ -267,6 +267,11 @@ std::vector<FieldSpec> build_schema() {
        "Collectives: nccl (CUDA), mpi; auto: nccl on CUDA, else mpi.", {"auto", "mpi", "nccl"}, {}, {"comm", "dist_backend"}});
   add({"parallel.timeout_s", K::integer, MLA_FIELD(I64, parallel.timeout_s),
        "Seconds a collective may wait before the run fails (a hung rank).", {}, at_least(1), {"timeout"}});
+  add({"parallel.zero", K::integer, MLA_FIELD(I64, parallel.zero),
+       "ZeRO stage. 0: every data-parallel rank holds the whole optimizer state; 1: AdamW moments and fp32 "
+       "master weights are split across the data-parallel ranks (1/dp of that memory each; gradients "
+       "reduce-scattered, updated weights all-gathered: the traffic of one all-reduce).",
+       {}, between(0, 1), {"zero_stage", "zero1", "shard_optimizer"}});
 
   // --- checkpoint ---------------------------------------------------------------------------------
   add({"checkpoint.every", K::integer, MLA_FIELD(I64, checkpoint.every),

@@ -22,6 +22,7 @@
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
 #include "parallel/tensor_parallel.h"
+#include "parallel/zero.h"
 #include "trainer/activation_checkpoint.h"
 #include "trainer/losses.h"
 #include "trainer/lr_schedule.h"
@@ -201,18 +202,29 @@ int64_t steps_for_epochs(const DataLoader& loader, double epochs) {
 // In bf16 mode the trainable weights are taken from the optimizer's fp32 masters (the model holds their
 // bf16 rounding), so a float32 checkpoint keeps the small updates bf16 would round away.
 // The model's weights under their HF names, fp32 masters in place of bf16 trainable weights; under tensor
-// parallelism gathered from the TP group (collective: every rank of the group calls it).
+// parallelism gathered from the TP group. Collective: under ZeRO every rank calls it (the masters' rows
+// are gathered over the DP group), else every rank of the TP group; only the result on DP rank 0 is whole.
 StateDict trained_weights(DecoderImpl& model, const AdamW& optimizer, const ModelConfig& full_config,
-                          parallel::Communicator* tp) {
+                          parallel::ParallelGroups& groups) {
   StateDict weights = export_weights(model);
   if (optimizer.options().precision == Precision::bf16_master) {
+    std::vector<torch::Tensor> masters;
     for (size_t i = 0; i < optimizer.size(); ++i) {
       const auto hf = ours_to_hf(model.config(), optimizer.name(i));
       MLA_CHECK(hf.has_value() && weights.count(*hf), "export: no Hugging Face name for ", optimizer.name(i));
-      weights[*hf] = optimizer.master(i);
+      torch::Tensor master = optimizer.master(i);
+      if (optimizer.sharded()) {  // own rows only: the others come from the DP group
+        const auto [begin, end] = optimizer.shard_rows(i);
+        torch::Tensor whole = torch::empty(weights[*hf].sizes(), master.options());
+        whole.narrow(0, begin, end - begin).copy_(master);
+        master = whole;
+      }
+      weights[*hf] = masters.emplace_back(master);
     }
+    if (optimizer.sharded()) parallel::all_gather_rows(masters, *groups.dp);
   }
-  if (tp != nullptr) weights = parallel::gather_state_dict(full_config, weights, *tp);
+  if (groups.dp_rank() != 0) return {};
+  if (groups.tp->size() > 1) weights = parallel::gather_state_dict(full_config, weights, *groups.tp);
   return weights;
 }
 
@@ -345,33 +357,50 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   adamw.weight_decay = recipe.optim.weight_decay;
   adamw.no_decay_names = no_decay_names(*model, recipe.optim.no_decay);
   adamw.precision = compute == torch::kBFloat16 ? Precision::bf16_master : Precision::fp32;
+  const bool zero = recipe.parallel.zero == 1 && plan.dp > 1;
+  if (zero) {
+    adamw.shard_rank = groups.dp_rank();
+    adamw.shard_count = static_cast<int>(plan.dp);
+  }
   AdamW optimizer(trainable_parameters(*model), adamw);  // bf16: takes fp32 masters, casts the params
-  if (tensor_parallel) {
-    // The global gradient norm: the sharded tensors' squares summed over the TP group, the replicated
-    // ones (norms, MLA kv_a / q_a, MoE experts: identical on every TP rank) counted once.
+  std::vector<torch::Tensor> trained_tensors;  // in the optimizer's order (what ZeRO gathers)
+  for (auto& [name, param] : trainable_parameters(*model)) trained_tensors.push_back(param);
+  if (tensor_parallel || zero) {
+    // The global gradient norm. ZeRO: each DP rank holds the squares of its own rows: sum them over the
+    // DP group. TP: the sharded tensors' squares summed over the TP group, the replicated ones (norms,
+    // MLA kv_a / q_a, MoE experts: identical on every TP rank) counted once.
     std::map<std::string, TpSplit> split;
     for (const WeightName& w : expand_weight_names(config)) split[w.ours] = w.split;
     std::vector<size_t> replicated;
-    for (size_t i = 0; i < optimizer.size(); ++i) {
+    for (size_t i = 0; i < optimizer.size() && tensor_parallel; ++i) {
       const auto it = split.find(optimizer.name(i));
       MLA_CHECK(it != split.end(), "tensor parallel: parameter ", optimizer.name(i), " is not in the weight table");
       if (it->second == TpSplit::replicated) replicated.push_back(i);
     }
     const auto tp_size = static_cast<double>(plan.tp);
-    optimizer.set_norm_reducer([&optimizer, &groups, replicated, tp_size](torch::Tensor& squared_norm) {
-      const std::vector<torch::Tensor> grads = optimizer.gradients();
+    optimizer.set_norm_reducer([&groups, replicated, tp_size, zero](torch::Tensor& squared_norm,
+                                                                     const std::vector<torch::Tensor>& grads) {
       torch::Tensor once = torch::zeros_like(squared_norm);
       for (size_t i : replicated)
         if (grads[i].defined()) once += grads[i].to(squared_norm.scalar_type()).pow(2).sum();
-      groups.tp->all_reduce(squared_norm, parallel::ReduceOp::sum);
-      squared_norm.sub_(once * (tp_size - 1));
+      if (zero) {
+        torch::Tensor both = torch::stack({squared_norm, once});
+        groups.dp->all_reduce(both, parallel::ReduceOp::sum);
+        squared_norm.copy_(both[0]);
+        once = both[1];
+      }
+      if (tp_size > 1) {
+        groups.tp->all_reduce(squared_norm, parallel::ReduceOp::sum);
+        squared_norm.sub_(once * (tp_size - 1));
+      }
     });
   }
   if (compute == torch::kBFloat16) cast_frozen_parameters(*model, torch::kBFloat16);
   set_activation_checkpointing(*model, recipe.model.activation_checkpointing);
   log::info("trainable: ", selection.trainable.size(), " tensors, ", selection.trainable_numel, " of ",
             summary.total_parameters, " parameters (", recipe.model.trainable.size() == 1 ? recipe.model.trainable[0] : "patterns",
-            "); optimizer AdamW ", precision_name(adamw.precision));
+            "); optimizer AdamW ", precision_name(adamw.precision),
+            zero ? ", ZeRO-1 over " + std::to_string(plan.dp) + " data-parallel ranks" : "");
 
   // --- 4. data -----------------------------------------------------------------------------------------
   const RunData data = prepare_run_data(recipe, source);
@@ -464,12 +493,18 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
       optimizer.accumulate_grads();
       meter.add(sums);
     }
-    // Data parallel: sum the gradients over the DP group (each rank's share of the global objective).
+    // Data parallel: sum the gradients over the DP group (each rank's share of the global objective);
+    // under ZeRO each rank receives the sum of its own rows only, updates them, and gathers the others.
     parallel::BucketStats comm;
-    if (groups.dp->size() > 1) comm = parallel::all_reduce_gradients(optimizer.gradients(/*zeros_for_missing=*/true), *groups.dp);
+    if (zero) {
+      comm = parallel::reduce_scatter_gradients(optimizer.gradients(/*zeros_for_missing=*/true), *groups.dp);
+    } else if (groups.dp->size() > 1) {
+      comm = parallel::all_reduce_gradients(optimizer.gradients(/*zeros_for_missing=*/true), *groups.dp);
+    }
     const double lr = schedule.lr(step);
     const StepResult result = optimizer.step(lr, recipe.optim.grad_clip);
     optimizer.zero_grad();
+    if (zero && !result.skipped) comm.seconds += parallel::all_gather_rows(trained_tensors, *groups.dp).seconds;
 
     LossMeter::Report losses = meter.report(alpha);
     if (groups.dp->size() > 1) {
@@ -530,7 +565,8 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   if (groups.dp->size() > 1) {
     std::vector<torch::Tensor> weights;
     for (const auto& p : model->parameters()) weights.push_back(p);
-    for (size_t i = 0; i < optimizer.size(); ++i) weights.push_back(optimizer.master(i));
+    if (!zero)  // ZeRO masters are each rank's own rows; the weights gathered from them are checked
+      for (size_t i = 0; i < optimizer.size(); ++i) weights.push_back(optimizer.master(i));
     summary.replicas_identical = parallel::replicas_identical(weights, *groups.dp);
     MLA_CHECK(*summary.replicas_identical, "data parallel: the replicas' weights differ after ", summary.steps,
               " steps (rank ", groups.world->rank(), "): a bug, please report it");
@@ -542,8 +578,8 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   if (metrics_log) metrics_log->finish();
   if (recipe.train.export_at_end) {
     summary.model_dir = (fs::path(summary.output_dir) / "model").string();
-    if (groups.dp_rank() == 0) {  // the TP group holding world rank 0 gathers; rank 0 writes
-      StateDict weights = trained_weights(*model, optimizer, config, tensor_parallel ? groups.tp.get() : nullptr);
+    if (zero || groups.dp_rank() == 0) {  // the TP group holding world rank 0 gathers; rank 0 writes
+      StateDict weights = trained_weights(*model, optimizer, config, groups);
       if (lead) {
         export_model(summary.model_dir, std::move(weights), source);
         log::info("exported the trained model to ", summary.model_dir);

@@ -9,7 +9,8 @@
 #   TP 2: losses, gradient norms and held-out CE within LOSS_TOL; final weights within WEIGHT_TOL of
 #         their scale (Adam turns rounding noise in near-zero gradients into updates of up to lr).
 # DP replicas are bitwise identical (checked by the trainer, reported in report.json).
-#   train_dp.sh MLAFORGE ASSETS_DIR PYTHON [NP [TP [LOSS_TOL [WEIGHT_TOL]]]]
+# EXTRA: recipe overrides for both runs (space separated), e.g. "parallel.zero=1 model.dtype=bf16".
+#   train_dp.sh MLAFORGE ASSETS_DIR PYTHON [NP [TP [LOSS_TOL [WEIGHT_TOL [EXTRA]]]]]
 set -uo pipefail
 BIN="$1"
 ASSETS="$2"
@@ -18,6 +19,7 @@ NP="${4:-2}"
 TP="${5:-1}"
 LOSS_TOL="${6:-1e-5}"
 WEIGHT_TOL="${7:-1e-5}"
+read -r -a EXTRA <<< "${8:-}"
 DP=$((NP / TP))
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODEL="$ASSETS/models/stories260K/stories260K.bin"
@@ -41,12 +43,12 @@ checkpoint: {every: 0}
 log: {progress: never, png: false}
 YAML
 export MLAFORGE_NUM_THREADS=1
-"$BIN" train "$WORK/dp.yaml" batch.grad_accumulation=2 train.output_dir="$WORK/one" > "$WORK/one.log" 2>&1 ||
+"$BIN" train "$WORK/dp.yaml" "${EXTRA[@]}" batch.grad_accumulation=2 train.output_dir="$WORK/one" > "$WORK/one.log" 2>&1 ||
   { cat "$WORK/one.log"; echo "FAIL: the single-process run failed"; exit 1; }
-bash "$HERE/run_mpi.sh" "$NP" "$BIN" train "$WORK/dp.yaml" parallel.tp="$TP" batch.grad_accumulation=$((2 / DP)) \
+bash "$HERE/run_mpi.sh" "$NP" "$BIN" train "$WORK/dp.yaml" "${EXTRA[@]}" parallel.tp="$TP" batch.grad_accumulation=$((2 / DP)) \
   train.output_dir="$WORK/two" > "$WORK/two.log" 2>&1 || { cat "$WORK/two.log"; echo "FAIL: the $NP-rank run failed"; exit 1; }
 
-"$PY" - "$WORK/one" "$WORK/two" "$NP" "$TP" "$LOSS_TOL" "$WEIGHT_TOL" <<'PYEOF'
+"$PY" - "$WORK/one" "$WORK/two" "$NP" "$TP" "$LOSS_TOL" "$WEIGHT_TOL" "${8:-}" <<'PYEOF'
 import json, sys
 import numpy as np
 from safetensors.numpy import load_file
@@ -75,7 +77,7 @@ worst["eval"] = max(rel(a["loss"], b["loss"]) for a, b in zip(e2, e1))
 w1, w2 = load_file(f"{one}/model/model.safetensors"), load_file(f"{two}/model/model.safetensors")
 assert w1.keys() == w2.keys()
 worst["weights"] = max(float(np.abs(w1[k] - w2[k]).max() / (np.abs(w1[k]).max() + 1e-12)) for k in w1)
-print(f"TP={tp} x DP={dp} vs one process (same global batch):", ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+print(f"TP={tp} x DP={dp}{' ' + sys.argv[7] if sys.argv[7] else ''} vs one process (same global batch):", ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
 bad = {k: v for k, v in worst.items() if v > (weight_tol if k == "weights" else loss_tol)}
 if bad:
     sys.exit(f"FAIL: beyond tolerance (losses {loss_tol}, weights {weight_tol}): {bad}")

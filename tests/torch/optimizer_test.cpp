@@ -152,7 +152,7 @@ TEST(AdamW, ClipGradNormScalesLikeTorch) {
   EXPECT_TRUE(torch::equal(c, torch::tensor({0.3f, 0.4f})));
   // A reducer sees the squared local norm (as an all-reduce across two identical ranks would).
   auto d = torch::tensor({3.0f, 4.0f});
-  auto reduced = clip_grad_norm({d}, 0.0, [](torch::Tensor& sq) { sq.mul_(2); });
+  auto reduced = clip_grad_norm({d}, 0.0, [](torch::Tensor& sq, const std::vector<torch::Tensor>&) { sq.mul_(2); });
   EXPECT_NEAR(reduced.item<double>(), 5.0 * std::sqrt(2.0), 1e-5);
 }
 
