@@ -2,6 +2,8 @@
 #include <iostream>
 
 #include "cli/common.h"
+#include "cli/inspect_checkpoint.h"
+#include "core/error.h"
 #include "data/tokenizer.h"
 
 namespace mlaforge::cli {
@@ -95,11 +97,25 @@ void print_text(const nlohmann::json& j) {
 
 void register_inspect(CLI::App& app) {
   auto opts = std::make_shared<InspectOptions>();
-  auto* cmd = app.add_subcommand("inspect", "Show a model's family, dimensions, parameters and KV-cache cost");
+  auto* cmd = app.add_subcommand("inspect",
+                                 "Show a model's family, dimensions, parameters and KV-cache cost, or verify a "
+                                 "training checkpoint (step folder or run folder)");
   add_model_options(*cmd, opts->model);
   cmd->add_flag("--json", global_options().json, "machine-readable output");
   cmd->callback([opts] {
     run_command([&] {
+      if (is_checkpoint_path(opts->model.model)) {
+        const auto report = describe_checkpoint(opts->model.model);
+        if (global_options().json) {
+          print_json(report);
+        } else {
+          print_checkpoint_text(report);
+        }
+        // Printed first, then the non-zero exit: the table shows which files failed.
+        MLA_CHECK(report["ok"].get<bool>(), report["checkpoint"].get<std::string>(), ": verification FAILED: ",
+                  report.value("first_problem", std::string("see the file list")));
+        return;
+      }
       LoadOptions load;
       load.tokenizer_path = opts->model.tokenizer;
       ModelSource src = load_model_source(opts->model.model, load);

@@ -17,3 +17,5 @@ target_sources(mlaforge_core PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/metrics_raster.cpp
   ${CMAKE_CURRENT_LIST_DIR}/metrics_tfevents.cpp
 )
+# Training checkpoints, the torch-free part: CRC-32C, manifests / retention / resume choice, background writer.
+target_sources(mlaforge_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/checksum.cpp ${CMAKE_CURRENT_LIST_DIR}/checkpoint_manifest.cpp ${CMAKE_CURRENT_LIST_DIR}/checkpoint_async.cpp)

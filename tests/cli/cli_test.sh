@@ -233,5 +233,42 @@ PYEOF
   expect_error train-up-proj-on-gqa "up_proj" -- "$BIN" train "$TR/recover.yaml" "model.path=$STORIES/stories260K.bin" teacher.path=null
 fi
 
+# --- mlaforge inspect CHECKPOINT: a checkpoint folder made here by Python, with its own bitwise CRC-32C ---
+# (an independent implementation of the checksum the manifest records; trainer/checkpoint_manifest.h)
+CK="$WORK/ckrun"
+if "$PY" - "$CK" <<'PYEOF'
+import json, os, sys
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+root = sys.argv[1]
+step = os.path.join(root, "step-0000042")
+os.makedirs(step)
+state = json.dumps({"step": 42, "tokens": 4200, "layout": {"tp": 2, "dp": 1}}).encode()
+open(os.path.join(step, "training_state.json"), "wb").write(state)
+manifest = {"format": "mlaforge-checkpoint", "version": 1, "step": 42, "model_fingerprint": "cli-test",
+            "files": [{"file": "training_state.json", "bytes": len(state), "checksum": "crc32c:%08x" % crc32c(state)}]}
+json.dump(manifest, open(os.path.join(step, "manifest.json"), "w"))
+open(os.path.join(root, "latest"), "w").write("step-0000042\n")
+PYEOF
+then
+  if "$BIN" inspect "$CK" > "$WORK/ck.out" 2>"$WORK/err" && grep -q "OK      training_state.json" "$WORK/ck.out" &&
+     grep -q "state        step=42 tokens=4200 tp=2 dp=1" "$WORK/ck.out" && grep -q "1 of 1 files OK" "$WORK/ck.out"; then
+    ok "inspect-checkpoint"
+  else
+    bad "inspect-checkpoint ($(cat "$WORK/ck.out" "$WORK/err" | head -c 600))"
+  fi
+  printf '{"step": 43, "tokens": 4200, "layout": {"tp": 2, "dp": 1}}' > "$CK/step-0000042/training_state.json"
+  expect_error inspect-checkpoint-corrupt "step-0000042: verification FAILED: .*training_state.json: checksum crc32c:[0-9a-f]{8} does not match" -- "$BIN" inspect "$CK"
+  mkdir -p "$CK/step-0000050"
+  expect_error inspect-checkpoint-incomplete "step-0000050/manifest.json: missing: the checkpoint is incomplete" -- "$BIN" inspect "$CK/step-0000050"
+else
+  bad "inspect-checkpoint (could not write the checkpoint with $PY)"
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
