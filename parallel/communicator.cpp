@@ -2,6 +2,8 @@
 // single-process communicator, the world factory that `parallel.backend` calls, and the TP/DP layout.
 #include "parallel/communicator.h"
 
+#include <cstring>
+
 #include "core/error.h"
 #include "parallel/comm_detail.h"
 
@@ -176,6 +178,38 @@ std::unique_ptr<Communicator> make_world_communicator(const std::string& backend
   }
   if (chosen == "mpi") return mpi;
   return make_nccl_communicator(*mpi, env.local_rank);
+}
+
+std::string broadcast_string(Communicator& comm, const std::string& text, int root, torch::Device device) {
+  if (comm.size() == 1) return text;
+  torch::Tensor length = torch::tensor({static_cast<int64_t>(text.size())}, torch::kInt64).to(device);
+  comm.broadcast(length, root);
+  const int64_t n = length.cpu().item<int64_t>();
+  torch::Tensor bytes = torch::zeros({std::max<int64_t>(n, 1)}, torch::kUInt8);
+  if (comm.rank() == root) std::memcpy(bytes.data_ptr(), text.data(), text.size());
+  bytes = bytes.to(device);
+  comm.broadcast(bytes, root);
+  bytes = bytes.cpu();
+  return std::string(reinterpret_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(n));
+}
+
+std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& text, torch::Device device) {
+  if (comm.size() == 1) return {text};
+  const int n = comm.size();
+  torch::Tensor lengths = torch::zeros({n}, torch::kInt64).to(device);
+  comm.all_gather(torch::tensor({static_cast<int64_t>(text.size())}, torch::kInt64).to(device), lengths);
+  lengths = lengths.cpu();
+  const int64_t width = std::max<int64_t>(1, lengths.max().item<int64_t>());
+  torch::Tensor mine = torch::zeros({width}, torch::kUInt8);
+  std::memcpy(mine.data_ptr(), text.data(), text.size());
+  torch::Tensor all = torch::empty({n * width}, torch::kUInt8).to(device);
+  comm.all_gather(mine.to(device), all);
+  all = all.cpu();
+  std::vector<std::string> out;
+  for (int r = 0; r < n; ++r)
+    out.emplace_back(reinterpret_cast<const char*>(all.data_ptr<uint8_t>() + r * width),
+                     static_cast<size_t>(lengths[r].item<int64_t>()));
+  return out;
 }
 
 ParallelGroups make_parallel_groups(std::unique_ptr<Communicator> world, int tp) {

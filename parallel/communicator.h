@@ -120,6 +120,14 @@ std::unique_ptr<Communicator> make_world_communicator(const std::string& backend
 // makes the launcher stop every rank of the job; otherwise std::exit. Flushes stdout/stderr first.
 [[noreturn]] void abort_job(int exit_code);
 
+// Small text messages between ranks (checkpoint paths, file records), as uint8 tensors on `device` (NCCL
+// moves CUDA tensors only). Collective over `comm`.
+std::string broadcast_string(Communicator& comm, const std::string& text, int root,
+                             torch::Device device = torch::kCPU);
+// Every rank's text, in rank order.
+std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& text,
+                                            torch::Device device = torch::kCPU);
+
 // The tensor- and data-parallel groups of a world: TP groups are `tp` CONSECUTIVE world ranks (inside
 // a node when ranks are placed by node), DP groups are the ranks with the same TP rank.
 //   world rank w:  tp_rank = w % tp,  dp_rank = w / tp

@@ -208,6 +208,31 @@ StateDict shard_state_dict(const ModelConfig& c, const StateDict& full, int tp, 
   return out;
 }
 
+GlobalRegion tp_global_region(const ModelConfig& c, TpSplit split, c10::IntArrayRef local_shape, int tp, int rank) {
+  GlobalRegion r;
+  r.global_shape = local_shape.vec();
+  r.offsets.assign(local_shape.size(), 0);
+  r.sizes = local_shape.vec();
+  auto split_dim = [&](size_t d) {
+    MLA_CHECK(local_shape.size() > d, "tp_global_region: a ", tp_split_name(split), " tensor of shape ", local_shape);
+    r.global_shape[d] = local_shape[d] * tp;
+    r.offsets[d] = local_shape[d] * rank;
+  };
+  switch (split) {
+    case TpSplit::replicated: break;
+    case TpSplit::column: split_dim(0); break;
+    case TpSplit::row: split_dim(1); break;
+    case TpSplit::vocab: {
+      split_dim(0);
+      r.global_shape[0] = c.vocab_size;
+      r.sizes[0] = std::clamp<int64_t>(c.vocab_size - r.offsets[0], 0, local_shape[0]);
+      r.offsets[0] = std::min<int64_t>(r.offsets[0], c.vocab_size);
+      break;
+    }
+  }
+  return r;
+}
+
 StateDict gather_state_dict(const ModelConfig& c, const std::vector<StateDict>& shards) {
   const int tp = static_cast<int>(shards.size());
   MLA_CHECK(tp >= 1, "gather_state_dict: no shards");

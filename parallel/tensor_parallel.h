@@ -22,6 +22,7 @@
 #include "model/decoder.h"
 #include "model/tp_hooks.h"
 #include "parallel/communicator.h"
+#include "model/weight_names.h"
 #include "trainer/losses.h"
 
 namespace mlaforge::parallel {
@@ -42,6 +43,14 @@ ModelConfig tp_rank_config(const ModelConfig& config, int tp);
 // This rank's slice of a full (HF-named) state dict: the input of load_weights() for the rank's model.
 // Every name of the config's table must be present.
 StateDict shard_state_dict(const ModelConfig& config, const StateDict& full, int tp, int rank);
+
+// Where a TP rank's local tensor (cut as shard_state_dict cuts it) lies in the global, single-device
+// tensor: the global shape, and per dimension the offset and the extent of the local tensor that is real
+// (the vocabulary padding of the last ranks excluded: `sizes` may be smaller than the local shape, and 0).
+struct GlobalRegion {
+  std::vector<int64_t> global_shape, offsets, sizes;
+};
+GlobalRegion tp_global_region(const ModelConfig& config, TpSplit split, c10::IntArrayRef local_shape, int tp, int rank);
 
 // The inverse: the full state dict (vocab padding dropped) from every rank's shard, in rank order.
 StateDict gather_state_dict(const ModelConfig& config, const std::vector<StateDict>& shards);

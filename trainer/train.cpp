@@ -28,6 +28,7 @@
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics_log.h"
 #include "trainer/optimizer.h"
+#include "trainer/train_checkpoint.h"
 #include "trainer/train_data.h"
 #include "trainer/trainable.h"
 
@@ -265,6 +266,8 @@ nlohmann::json TrainSummary::to_json() const {
   for (const auto& e : evals) j["evals"].push_back(e.to_json());
   if (teacher) j["teacher"] = teacher->to_json();
   if (replicas_identical) j["replicas_identical"] = *replicas_identical;
+  if (!resumed_from.empty()) j["resumed_from"] = resumed_from, j["start_step"] = start_step;
+  if (!last_checkpoint.empty()) j["last_checkpoint"] = last_checkpoint;
   if (!steps_log.empty()) {
     j["first_loss"] = steps_log.front().loss;
     j["last_loss"] = steps_log.back().loss;
@@ -301,8 +304,6 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     write_file(fs::path(summary.output_dir) / "recipe.yaml", resolved);
     log::info("resolved recipe saved as ", (fs::path(summary.output_dir) / "recipe.yaml").string());
   }
-  if (recipe.checkpoint.resume != "auto" && recipe.checkpoint.resume != "none")
-    fail("checkpoint.resume: ", recipe.checkpoint.resume, ": resuming is not implemented in this version");
 
   // --- 2. models -------------------------------------------------------------------------------------
   const bool tensor_parallel = plan.tp > 1;
@@ -423,9 +424,49 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   for (const auto& line : describe_run_plan(recipe, plan)) log::info(line);
   log::info("schedule: ", total_steps, " steps, warmup ", schedule.warmup_steps(), ", ", recipe.schedule.decay,
             " decay to ", recipe.schedule.min_lr_ratio, " x lr ", recipe.optim.lr);
-  if (recipe.checkpoint.every > 0 && recipe.checkpoint.every < total_steps)
-    log::warn("checkpoint.every ", recipe.checkpoint.every,
-              ": periodic checkpoints are not written in this version; only the final model is exported");
+
+  // --- 5. checkpoints: resume where a previous run of this recipe stopped -----------------------------
+  std::vector<std::string> trained_names;
+  for (size_t i = 0; i < optimizer.size(); ++i) trained_names.push_back(optimizer.name(i));
+  TrainCheckpointOptions ckpt_opts;
+  ckpt_opts.root = summary.output_dir;
+  ckpt_opts.keep_last = recipe.checkpoint.keep_last;
+  ckpt_opts.keep_every = recipe.checkpoint.keep_every;
+  ckpt_opts.async = recipe.checkpoint.async;
+  ckpt_opts.fingerprint = model_fingerprint(config, trained_names);
+  TrainCheckpointer checkpointer(ckpt_opts, config, optimizer, trained_tensors, groups, device);
+  if (const auto state = checkpointer.resume(recipe.checkpoint.resume)) {
+    summary.resumed_from = state->at("path").get<std::string>();
+    summary.start_step = state->at("step").get<int64_t>();
+    loader.seek(DataPosition::from_json(state->at("data_position")));
+    summary.tokens = state->value("tokens", int64_t{0});
+    summary.trained_tokens = state->value("trained_tokens", int64_t{0});
+    summary.skipped_steps = state->value("skipped_steps", int64_t{0});
+    const int64_t saved_total = state->value("total_steps", total_steps);
+    if (saved_total != total_steps)
+      log::warn("resume: the checkpoint's run had ", saved_total, " steps, this one has ", total_steps,
+                ": the learning-rate schedule is this run's from step ", summary.start_step + 1);
+  }
+  summary.steps = summary.start_step;
+  const int64_t tokens_before = summary.tokens;
+  // What a checkpoint records besides the tensors (rank 0's copy is the one saved).
+  auto training_state = [&](int64_t step) {
+    return nlohmann::json{{"step", step},
+                          {"optimizer_step", optimizer.step_count()},
+                          {"total_steps", total_steps},
+                          {"tokens", summary.tokens},
+                          {"trained_tokens", summary.trained_tokens},
+                          {"skipped_steps", summary.skipped_steps},
+                          {"data_position", loader.position().to_json()},
+                          {"layout", {{"world_size", groups.world->size()}, {"tp", plan.tp}, {"dp", plan.dp},
+                                      {"zero", zero ? 1 : 0}, {"precision", precision_name(adamw.precision)}}},
+                          {"model_path", recipe.model.path},
+                          {"recipe", dump_recipe_yaml(recipe)}};
+  };
+  auto save_checkpoint = [&](int64_t step) {
+    checkpointer.save(step, training_state(step));
+    summary.last_checkpoint = (fs::path(summary.output_dir) / step_dir_name(step)).string();
+  };
 
   metrics::MetricsOptions mopts = metrics::MetricsOptions::in_dir(summary.output_dir);
   if (!recipe.log.tensorboard) mopts.tensorboard_dir.clear();
@@ -433,6 +474,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   mopts.total_steps = total_steps;
   mopts.log_every = recipe.train.log_every;
   mopts.progress = metrics::parse_progress_mode(recipe.log.progress);
+  if (!summary.resumed_from.empty()) mopts.resume_step = summary.start_step;
   // Only the lead process writes metrics (the numbers are the same on every rank).
   std::unique_ptr<metrics::MetricsLogger> metrics_log;
   if (lead) metrics_log = std::make_unique<metrics::MetricsLogger>(mopts);
@@ -448,23 +490,23 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     summary.evals.push_back(r);
   };
 
-  // --- 5. the starting point (and the teacher's, the original model's) --------------------------------
+  // --- 6. the starting point (and the teacher's, the original model's) --------------------------------
   if (data.eval && teacher) {
     const LossFunction teacher_loss{teacher.get(), nullptr, config.vocab_size};
     summary.teacher = evaluate_split(*teacher, teacher_loss, nullptr, *data.eval, loader_opts, recipe.train.eval_batches,
                                      1.0, device, *groups.dp);
     log::info("eval teacher: ce ", summary.teacher->ce, ", perplexity ", summary.teacher->perplexity);
   }
-  if (data.eval && recipe.eval.at_start) evaluate(0);
+  if (data.eval && recipe.eval.at_start && summary.start_step == 0) evaluate(0);
 
-  // --- 6. the loop ---------------------------------------------------------------------------------------
+  // --- 7. the loop ---------------------------------------------------------------------------------------
   const LossOptions loss_options{.temperature = recipe.teacher.temperature};
   const double aux_coef = config.is_moe() ? config.router_aux_loss_coef : 0.0;
   const double flops_token = flops_per_token(*model, recipe.data.max_seq_len / 2);
   const char* peak_env = std::getenv("MLAFORGE_PEAK_TFLOPS");
   const double peak_flops = peak_env ? std::strtod(peak_env, nullptr) * 1e12 : 0.0;
   const auto loop_start = Clock::now();
-  for (int64_t step = 0; step < total_steps; ++step) {
+  for (int64_t step = summary.start_step; step < total_steps; ++step) {
     const auto step_start = Clock::now();
     std::optional<LoaderStep> batch = loader.next_step();
     MLA_CHECK(batch.has_value(), "data: the training stream ended early");  // endless stream (epochs = 0)
@@ -556,10 +598,18 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     if (data.eval && recipe.train.eval_every > 0 && r.step % recipe.train.eval_every == 0 &&
         !(last && recipe.eval.at_end))
       evaluate(r.step);
+    checkpoint_fault_point("step", r.step, groups.world->rank());
+    if (recipe.checkpoint.every > 0 && r.step % recipe.checkpoint.every == 0 && !last) save_checkpoint(r.step);
+    checkpointer.poll();
     if (options.on_step && !options.on_step(r)) break;
   }
+  // The final state is always saved (checkpoint.every 0: only then), so a finished run can be extended.
+  if (summary.steps > summary.start_step &&
+      summary.last_checkpoint != (fs::path(summary.output_dir) / step_dir_name(summary.steps)).string())
+    save_checkpoint(summary.steps);
+  checkpointer.finish();
   summary.train_seconds = seconds_since(loop_start);
-  summary.tokens_per_second = static_cast<double>(summary.tokens) / std::max(summary.train_seconds, 1e-9);
+  summary.tokens_per_second = static_cast<double>(summary.tokens - tokens_before) / std::max(summary.train_seconds, 1e-9);
 
   // Data parallel replicas applied identical updates to identical weights: check it (cheap, once).
   if (groups.dp->size() > 1) {
@@ -573,7 +623,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     log::info("data parallel: the ", groups.dp->size(), " replicas hold bitwise identical weights");
   }
 
-  // --- 7. the end: final evaluation, export, report -------------------------------------------------------
+  // --- 8. the end: final evaluation, export, report -------------------------------------------------------
   if (data.eval && recipe.eval.at_end) evaluate(summary.steps);
   if (metrics_log) metrics_log->finish();
   if (recipe.train.export_at_end) {

@@ -90,6 +90,9 @@ struct TrainSummary {
   double tokens_per_second = 0;      // tokens / train_seconds
   int64_t world_size = 1, tp = 1, dp = 1;
   std::optional<bool> replicas_identical;  // data parallel: checked at the end (unset with dp 1)
+  std::string resumed_from;          // the checkpoint this run continued ("" when it started afresh)
+  int64_t start_step = 0;            // steps already taken when this process started (resume)
+  std::string last_checkpoint;       // the newest checkpoint this run committed ("" when none)
   int64_t trainable_parameters = 0;  // elements
   int64_t total_parameters = 0;
   std::optional<EvalReport> teacher;  // the teacher on the eval split (the original model's numbers)
