@@ -30,12 +30,15 @@ bool has_step_folder(const std::string& dir) {
 }
 
 // The keys worth one line: top-level scalars of training_state.json, and those of its "layout" object
-// (tp, dp, world_size...), whatever the trainer chose to store.
+// (tp, dp, world_size...), whatever the trainer chose to store. Multi-line text (the resolved recipe) is
+// left to --json.
 json state_summary(const json& state) {
   json out = json::object();
   if (!state.is_object()) return out;
   for (const auto& [key, value] : state.items())
-    if (value.is_primitive() && !value.is_null()) out[key] = value;
+    if (value.is_primitive() && !value.is_null() &&
+        !(value.is_string() && value.get<std::string>().find('\n') != std::string::npos))
+      out[key] = value;
   if (state.contains("layout") && state.at("layout").is_object())
     for (const auto& [key, value] : state.at("layout").items())
       if (value.is_primitive() && !value.is_null() && !out.contains(key)) out[key] = value;

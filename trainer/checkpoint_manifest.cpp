@@ -263,7 +263,7 @@ CheckpointManifest commit_checkpoint(const std::string& root, const std::string&
   write_file_atomically(join(dir, kManifestFile), m.to_json().dump(2) + "\n");
   write_file_atomically(join(root, kLatestFile), name + "\n");
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  log::info("checkpoint step ", step, " committed: ", dir, " (", m.files.size(), " files, ",
+  log::debug("checkpoint step ", step, " committed: ", dir, " (", m.files.size(), " files, ",
             static_cast<double>(m.total_bytes()) / (1 << 20), " MiB; commit ", dt * 1000, " ms)");
   return m;
 }

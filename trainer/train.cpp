@@ -110,15 +110,20 @@ std::vector<std::string> no_decay_names(const DecoderImpl& model, const std::vec
 // Model FLOPs per trained token (forward + backward, no recomputation): 2 per weight element in the
 // forward, 2 more for the activation gradients, 2 more per TRAINABLE element for its weight gradient;
 // attention scores and values add 2 x 2 x (avg context) x heads x (qk + v dims) per layer and pass.
-double flops_per_token(const DecoderImpl& model, int64_t avg_context) {
-  const ModelConfig& c = model.config();
+double flops_per_token(const DecoderImpl& model, int64_t avg_context, const ModelConfig& full, int64_t tp) {
+  // Under tensor parallelism this rank holds 1/tp of every split matrix: count the whole model's.
+  std::map<std::string, TpSplit> split;
+  for (const WeightName& w : expand_weight_names(full)) split[w.ours] = w.split;
   double matmul = 0, trainable = 0;
   for (const auto& p : model.named_parameters()) {
     if (p.value().dim() != 2) continue;
-    if (p.key() == "embed.weight" && !c.tie_word_embeddings) continue;  // a lookup, not a matmul
-    matmul += static_cast<double>(p.value().numel());
-    if (p.value().requires_grad()) trainable += static_cast<double>(p.value().numel());
+    if (p.key() == "embed.weight" && !full.tie_word_embeddings) continue;  // a lookup, not a matmul
+    const auto it = split.find(p.key());
+    const double copies = it != split.end() && it->second != TpSplit::replicated ? static_cast<double>(tp) : 1.0;
+    matmul += copies * static_cast<double>(p.value().numel());
+    if (p.value().requires_grad()) trainable += copies * static_cast<double>(p.value().numel());
   }
+  const ModelConfig& c = full;
   const double qk = c.is_mla() ? static_cast<double>(c.qk_nope_head_dim + c.qk_rope_head_dim) : c.head_dim;
   const double v = c.is_mla() ? static_cast<double>(c.v_head_dim) : c.head_dim;
   const double attention = 4.0 * static_cast<double>(avg_context) * static_cast<double>(c.num_attention_heads) *
@@ -461,6 +466,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
                           {"layout", {{"world_size", groups.world->size()}, {"tp", plan.tp}, {"dp", plan.dp},
                                       {"zero", zero ? 1 : 0}, {"precision", precision_name(adamw.precision)}}},
                           {"model_path", recipe.model.path},
+                          {"model_tokenizer", recipe.model.tokenizer},
                           {"recipe", dump_recipe_yaml(recipe)}};
   };
   auto save_checkpoint = [&](int64_t step) {
@@ -502,7 +508,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   // --- 7. the loop ---------------------------------------------------------------------------------------
   const LossOptions loss_options{.temperature = recipe.teacher.temperature};
   const double aux_coef = config.is_moe() ? config.router_aux_loss_coef : 0.0;
-  const double flops_token = flops_per_token(*model, recipe.data.max_seq_len / 2);
+  const double flops_token = flops_per_token(*model, recipe.data.max_seq_len / 2, config, plan.tp);
   const char* peak_env = std::getenv("MLAFORGE_PEAK_TFLOPS");
   const double peak_flops = peak_env ? std::strtod(peak_env, nullptr) * 1e12 : 0.0;
   const auto loop_start = Clock::now();
