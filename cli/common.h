@@ -43,5 +43,6 @@ void register_generate(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_validate(CLI::App& app);
 void register_train(CLI::App& app);
+void register_export(CLI::App& app);
 
 }  // namespace mlaforge::cli

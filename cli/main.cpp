@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   cli::register_convert(app);
   cli::register_validate(app);
   cli::register_train(app);
+  cli::register_export(app);
 
   try {
     app.parse(argc, argv);

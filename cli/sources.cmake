@@ -6,3 +6,4 @@ target_sources(mlaforge_torch PRIVATE
 )
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/cmd_validate.cpp ${CMAKE_CURRENT_LIST_DIR}/cmd_train.cpp)
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/inspect_checkpoint.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/cmd_export.cpp)

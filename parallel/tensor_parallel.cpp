@@ -96,6 +96,48 @@ struct VocabParallelCE : public torch::autograd::Function<VocabParallelCE> {
   }
 };
 
+// Global log-softmax of vocabulary-parallel rows x (n, Vl) float32 whose first `real` columns are real ids
+// (the others padding): (log-probabilities with -inf padding, probabilities with 0 padding).
+std::pair<torch::Tensor, torch::Tensor> vocab_parallel_log_softmax(torch::Tensor x, int64_t real, Communicator* comm) {
+  const int64_t Vl = x.size(1);
+  if (real < Vl) {
+    x = x.clone();
+    x.narrow(1, real, Vl - real).fill_(-std::numeric_limits<float>::infinity());
+  }
+  torch::Tensor m = real > 0 ? std::get<0>(x.narrow(1, 0, real).max(1))
+                             : torch::full({x.size(0)}, -std::numeric_limits<float>::infinity(), x.options());
+  comm->all_reduce(m, ReduceOp::max);  // (n)
+  torch::Tensor s = torch::exp(x - m.unsqueeze(1)).sum(1);
+  comm->all_reduce(s);  // (n)
+  torch::Tensor logp = x - (m + torch::log(s)).unsqueeze(1);
+  return {logp, torch::exp(logp)};
+}
+
+// tau^2 * sum over rows of KL(softmax(teacher / tau) || softmax(student / tau)) over vocabulary-parallel
+// logits (n, Vl). Gradient w.r.t. the student logits: tau * (p_student - p_teacher).
+struct VocabParallelKL : public torch::autograd::Function<VocabParallelKL> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& teacher,
+                               int64_t vocab_start, int64_t vocab, double tau, Communicator* comm) {
+    const int64_t real = std::clamp<int64_t>(vocab - vocab_start, 0, logits.size(1));
+    auto [logp_s, p_s] = vocab_parallel_log_softmax(logits.to(torch::kFloat32) / tau, real, comm);
+    auto [logp_t, p_t] = vocab_parallel_log_softmax(teacher.to(torch::kFloat32) / tau, real, comm);
+    // Padding columns are excluded (0 * (-inf - -inf) would be NaN).
+    torch::Tensor per_row = (p_t.narrow(1, 0, real) * (logp_t.narrow(1, 0, real) - logp_s.narrow(1, 0, real))).sum(1);
+    comm->all_reduce(per_row);  // (n)
+    ctx->save_for_backward({p_s, p_t});
+    ctx->saved_data["tau"] = tau;
+    ctx->saved_data["dtype"] = static_cast<int64_t>(logits.scalar_type());
+    return per_row.sum() * (tau * tau);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    auto saved = ctx->get_saved_variables();
+    const double tau = ctx->saved_data["tau"].toDouble();
+    auto g = (saved[0] - saved[1]) * (grad[0] * tau);
+    g = g.to(static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt()));
+    return {g, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 class Hooks : public TensorParallelHooks {
  public:
   Hooks(const ModelConfig& config, Communicator& comm, TpOptions options)
@@ -286,7 +328,8 @@ torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits, const to
 }
 
 LossSums vocab_parallel_loss_sums(DecoderImpl& model, const torch::Tensor& hidden, const torch::Tensor& targets,
-                                  int64_t full_vocab, Communicator& tp, const LossOptions& options) {
+                                  int64_t full_vocab, Communicator& tp, const LossOptions& options,
+                                  const torch::Tensor& teacher_logits) {
   MLA_CHECK(model.tp_hooks() != nullptr, "vocab_parallel_loss_sums: the model has no tensor-parallel hooks");
   MLA_CHECK(hidden.dim() == 3, "loss: hidden states must be (batch, time, dim), got ", hidden.sizes());
   const int64_t B = hidden.size(0), T = hidden.size(1), D = hidden.size(2), N = B * T;
@@ -301,26 +344,47 @@ LossSums vocab_parallel_loss_sums(DecoderImpl& model, const torch::Tensor& hidde
   const int64_t M = rows.size(0);
   LossSums sums;
   sums.ce_tokens = M;
+  const bool distill = teacher_logits.defined();
+  if (distill) {
+    MLA_CHECK(teacher_logits.dim() == 3 && teacher_logits.size(0) == B && teacher_logits.size(1) == T &&
+                  teacher_logits.size(2) == Vl,
+              "loss: the teacher's logits must be (", B, ", ", T, ", ", Vl, ") on this TP rank, got ", teacher_logits.sizes());
+    MLA_CHECK(options.temperature > 0, "loss: temperature must be > 0, got ", options.temperature);
+    sums.kl_tokens = M;
+  }
   const auto h = hidden.reshape({N, D});
   if (M == 0) {
     sums.ce_sum = h.narrow(0, 0, 0).sum().to(torch::kFloat32);
+    if (distill) sums.kl_sum = sums.ce_sum;
     return sums;
   }
   int64_t chunk = options.chunk_tokens;
   if (chunk < 0) chunk = std::max<int64_t>(1, (int64_t{256} << 20) / (4 * Vl));
   const auto h_sel = h.index_select(0, rows);
   const auto t_sel = tgt.index_select(0, rows);
+  const auto teacher_sel = distill ? teacher_logits.reshape({N, Vl}).to(hidden.device()).index_select(0, rows)
+                                   : torch::Tensor();  // (M, Vl)
   DecoderImpl* m = &model;
   Communicator* comm = &tp;
-  auto ce = [m, comm, start, full_vocab](const torch::Tensor& hh, const torch::Tensor& t) {
-    return VocabParallelCE::apply(m->logits_from_hidden(hh), t, start, full_vocab, comm);
+  const double tau = options.temperature;
+  // {CE sum, KL sum (distillation only)} of a chunk of rows; the student's logits are computed once.
+  auto losses = [m, comm, start, full_vocab, tau](const torch::Tensor& hh, const torch::Tensor& t,
+                                                   const torch::Tensor& teacher) {
+    const torch::Tensor z = m->logits_from_hidden(hh);
+    std::vector<torch::Tensor> out = {VocabParallelCE::apply(z, t, start, full_vocab, comm)};
+    if (teacher.defined()) out.push_back(VocabParallelKL::apply(z, teacher, start, full_vocab, tau, comm));
+    return out;
   };
+  auto add = [&](const std::vector<torch::Tensor>& out) {
+    sums.ce_sum = sums.ce_sum.defined() ? sums.ce_sum + out[0] : out[0];
+    if (out.size() > 1) sums.kl_sum = sums.kl_sum.defined() ? sums.kl_sum + out[1] : out[1];
+  };
+  auto teacher_rows = [&](int64_t s, int64_t n) { return distill ? teacher_sel.narrow(0, s, n) : torch::Tensor(); };
   if (chunk == 0 || chunk >= M || !torch::GradMode::is_enabled()) {
     const int64_t step = (chunk == 0 || chunk >= M) ? M : chunk;
     for (int64_t s = 0; s < M; s += step) {
       const int64_t n = std::min(step, M - s);
-      auto c = ce(h_sel.narrow(0, s, n), t_sel.narrow(0, s, n));
-      sums.ce_sum = sums.ce_sum.defined() ? sums.ce_sum + c : c;
+      add(losses(h_sel.narrow(0, s, n), t_sel.narrow(0, s, n), teacher_rows(s, n)));
     }
     return sums;
   }
@@ -330,9 +394,9 @@ LossSums vocab_parallel_loss_sums(DecoderImpl& model, const torch::Tensor& hidde
   int64_t s = 0;
   for (const auto& piece : h_sel.split(chunk, 0)) {
     const auto t_c = t_sel.narrow(0, s, piece.size(0));
-    CheckpointFn fn = [ce, t_c](const std::vector<torch::Tensor>& in) { return std::vector<torch::Tensor>{ce(in[0], t_c)}; };
-    auto out = checkpoint(fn, {piece}, params);
-    sums.ce_sum = sums.ce_sum.defined() ? sums.ce_sum + out[0] : out[0];
+    const auto teacher_c = teacher_rows(s, piece.size(0));
+    CheckpointFn fn = [losses, t_c, teacher_c](const std::vector<torch::Tensor>& in) { return losses(in[0], t_c, teacher_c); };
+    add(checkpoint(fn, {piece}, params));
     s += piece.size(0);
   }
   return sums;

@@ -77,10 +77,13 @@ std::shared_ptr<TensorParallelHooks> make_tp_hooks(const ModelConfig& config, Co
 torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets,
                                            int64_t vocab_start, int64_t vocab, Communicator& tp);
 
-// lm_loss_sums (trainer/losses.h) for a TP rank: CE only (no distillation yet), chunked with
-// recomputation like the unsharded one (options.chunk_tokens; -1: automatic). `model` is the rank's
-// model with hooks installed; `full_vocab` the unpadded vocabulary size.
+// lm_loss_sums (trainer/losses.h) for a TP rank, chunked with recomputation like the unsharded one
+// (options.chunk_tokens; -1: automatic). `model` is the rank's model with hooks installed; `full_vocab`
+// the unpadded vocabulary size. teacher_logits (B, T, V/tp): the teacher's vocabulary-parallel logits
+// (a teacher sharded like the student); then the KL term (forward KL(teacher || student) at
+// options.temperature, x tau^2, over the trained tokens) is added, its log-normalisers all-reduced.
 LossSums vocab_parallel_loss_sums(DecoderImpl& model, const torch::Tensor& hidden, const torch::Tensor& targets,
-                                  int64_t full_vocab, Communicator& tp, const LossOptions& options = {});
+                                  int64_t full_vocab, Communicator& tp, const LossOptions& options = {},
+                                  const torch::Tensor& teacher_logits = {});
 
 }  // namespace mlaforge::parallel

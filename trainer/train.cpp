@@ -73,9 +73,6 @@ RunPlan parallel_plan(const Recipe& recipe, int world_size) {
     MLA_CHECK(ranks == 1, "parallel: tp ", recipe.parallel.tp, " x dp ", dp, " asks for at least ", ranks,
               " processes but this is a single process: start ", ranks, " (mpirun -np ", ranks, " mlaforge train ...)");
   }
-  MLA_CHECK(recipe.parallel.tp == 1 || recipe.teacher.path.empty(), "parallel.tp: ", recipe.parallel.tp,
-            ": distillation (teacher.path) under tensor parallelism is not implemented yet; use parallel.tp=1 "
-            "(data parallelism) for distillation runs");
   return plan_run(recipe, world_size);
 }
 
@@ -141,7 +138,7 @@ struct LossFunction {
   LossSums operator()(const torch::Tensor& hidden, const torch::Tensor& targets, const torch::Tensor& teacher_logits,
                       const LossOptions& options) const {
     if (tp == nullptr) return lm_loss_sums(model_head(*model), hidden, targets, teacher_logits, {}, options);
-    return parallel::vocab_parallel_loss_sums(*model, hidden, targets, full_vocab, *tp, options);
+    return parallel::vocab_parallel_loss_sums(*model, hidden, targets, full_vocab, *tp, options, teacher_logits);
   }
 };
 
@@ -316,16 +313,19 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   const ModelConfig& config = source.config;
   validate_against_model(recipe, config.num_attention_heads, config.num_key_value_heads, config.vocab_size,
                          config.is_mla(), groups.world->size());
+  // This rank's slice of every column/row/vocab-split tensor (model/weight_names.h), in a model whose
+  // config has heads / tp, intermediate / tp and the padded vocabulary / tp; the hooks insert the
+  // Megatron all-reduces (parallel/tensor_parallel.h).
+  auto tp_model = [&](const ModelSource& s, torch::Dtype dtype) {
+    Decoder m(parallel::tp_rank_config(s.config, static_cast<int>(plan.tp)));
+    load_weights(*m, parallel::shard_state_dict(s.config, s.weights, static_cast<int>(plan.tp), groups.tp_rank()), s.path);
+    m->to(device, dtype);
+    m->set_tp_hooks(parallel::make_tp_hooks(s.config, *groups.tp));
+    return m;
+  };
   Decoder model{nullptr};
   if (tensor_parallel) {
-    // This rank's slice of every column/row/vocab-split tensor (model/weight_names.h), in a model whose
-    // config has heads / tp, intermediate / tp and the padded vocabulary / tp; the hooks insert the
-    // Megatron all-reduces (parallel/tensor_parallel.h).
-    model = Decoder(parallel::tp_rank_config(config, static_cast<int>(plan.tp)));
-    load_weights(*model, parallel::shard_state_dict(config, source.weights, static_cast<int>(plan.tp), groups.tp_rank()),
-                 source.path);
-    model->to(device, torch::kFloat32);
-    model->set_tp_hooks(parallel::make_tp_hooks(config, *groups.tp));
+    model = tp_model(source, torch::kFloat32);
   } else {
     model = build_model(source, torch::kFloat32, device);
   }
@@ -342,11 +342,21 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     std::string teacher_tokenizer = recipe.model.tokenizer;
     if (teacher_tokenizer.empty() && !fs::is_directory(recipe.teacher.path) && !source.tokenizer_files.empty())
       teacher_tokenizer = source.tokenizer_files.front();
-    const ModelSource t = load_source(recipe.teacher.path, teacher_tokenizer, "teacher.path", /*lazy=*/true);
+    const ModelSource t = load_source(recipe.teacher.path, teacher_tokenizer, "teacher.path", !tensor_parallel);
     MLA_CHECK(t.config.vocab_size == config.vocab_size, "teacher.path: the teacher's vocabulary (",
               t.config.vocab_size, ") differs from the model's (", config.vocab_size,
               "): logit distillation needs the same tokens");
-    teacher = build_model(t, compute, device);
+    // Under TP the teacher is sharded like the student: its logits are vocabulary-parallel too, and the
+    // KL term is computed from the two slices with all-reduced normalisers (parallel/tensor_parallel.h).
+    if (tensor_parallel) {
+      try {
+        teacher = tp_model(t, compute);
+      } catch (const Error& e) {
+        fail("teacher.path: ", e.what());
+      }
+    } else {
+      teacher = build_model(t, compute, device);
+    }
     for (auto& p : teacher->parameters()) p.set_requires_grad(false);
   }
   log::info("model: ", source.path, " (", family_name(config.family), config.is_mla() ? ", MLA" : ", GQA", ") on ",
@@ -498,7 +508,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
 
   // --- 6. the starting point (and the teacher's, the original model's) --------------------------------
   if (data.eval && teacher) {
-    const LossFunction teacher_loss{teacher.get(), nullptr, config.vocab_size};
+    const LossFunction teacher_loss{teacher.get(), tensor_parallel ? groups.tp.get() : nullptr, config.vocab_size};
     summary.teacher = evaluate_split(*teacher, teacher_loss, nullptr, *data.eval, loader_opts, recipe.train.eval_batches,
                                      1.0, device, *groups.dp);
     log::info("eval teacher: ce ", summary.teacher->ce, ", perplexity ", summary.teacher->perplexity);

@@ -9,7 +9,8 @@
 #   TP 2: losses, gradient norms and held-out CE within LOSS_TOL; final weights within WEIGHT_TOL of
 #         their scale (Adam turns rounding noise in near-zero gradients into updates of up to lr).
 # DP replicas are bitwise identical (checked by the trainer, reported in report.json).
-# EXTRA: recipe overrides for both runs (space separated), e.g. "parallel.zero=1 model.dtype=bf16".
+# EXTRA: recipe overrides for both runs (space separated), e.g. "parallel.zero=1 model.dtype=bf16"; @MODEL@
+# stands for the model's path (e.g. "teacher.path=@MODEL@": self-distillation).
 #   train_dp.sh MLAFORGE ASSETS_DIR PYTHON [NP [TP [LOSS_TOL [WEIGHT_TOL [EXTRA]]]]]
 set -uo pipefail
 BIN="$1"
@@ -24,6 +25,7 @@ DP=$((NP / TP))
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODEL="$ASSETS/models/stories260K/stories260K.bin"
 TXT="$ASSETS/text/tinystories_val_part1.txt"
+EXTRA=("${EXTRA[@]//@MODEL@/$MODEL}")
 if [ ! -f "$MODEL" ] || [ ! -f "$TXT" ]; then
   echo "skipped: $MODEL or $TXT not found"
   exit 77
