@@ -7,7 +7,8 @@
 #   - SIGTERM to mlarun stops the job (no rank left running); --timeout-s stops it with status 124;
 #   - bad input gives one clear error and status 1;
 #   - `mlarun --nproc-per-node 2 -- mlaforge train` on the real stories260K model (5 steps) completes
-#     and its report.json says world_size 2, dp 2 (when MLAFORGE and the assets are given).
+#     and its report.json says world_size 2, dp 2 (when MLAFORGE and the assets are given); a second run
+#     with more steps resumes from its final checkpoint.
 #   mlarun_test.sh MLARUN [MLAFORGE] [ASSETS_DIR]
 # Exit 77 (skipped) when there is no mpirun.
 set -uo pipefail
@@ -155,6 +156,16 @@ YAML
     ok "mlarun --nproc-per-node 2 -- mlaforge train: world_size 2, 5 steps ($elapsed ms)"
   else
     bad "training under mlarun (exit $rc): $(tail -n 8 "$WORK/train.log"; head -c 400 "$WORK/run/report.json")"
+  fi
+  # The run's final checkpoint (step 5) is resumed by the same recipe with more steps: steps 6-8 only.
+  timeout 120 "$RUN" --nproc-per-node 2 -- "$BIN" train "$WORK/dp.yaml" train.output_dir="$WORK/run" train.max_steps=8 \
+    >"$WORK/resume.log" 2>&1
+  rc=$?
+  if [ "$rc" = 0 ] && [ -f "$WORK/run/step-0000005/manifest.json" ] && grep -q "resumed from .*step-0000005" "$WORK/resume.log" &&
+     grep -Eq '"start_step": 5' "$WORK/run/report.json" && [ "$(grep -c '"split":"train"' "$WORK/run/metrics.jsonl")" = 8 ]; then
+    ok "mlarun resume: a second run continued from the checkpoint at step 5 to step 8"
+  else
+    bad "resume under mlarun (exit $rc): $(grep -i 'error\|resum' "$WORK/resume.log" | head -3)"
   fi
 else
   echo "skip training run: no mlaforge binary or stories260K assets under '$ASSETS'"
