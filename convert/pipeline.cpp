@@ -1,5 +1,8 @@
 #include "convert/pipeline.h"
 
+#include <dlfcn.h>
+#include <malloc.h>
+
 #include <chrono>
 #include <set>
 
@@ -26,6 +29,25 @@ struct DocState {
 
 std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
 
+// Hands the allocator's free pages back to the OS between layers. Without it the peak RSS is the live
+// memory plus what the allocator keeps: each layer frees two fp32 copies of itself and up to a shard of
+// writer buffer, tcmalloc (linked into mlaforge) keeps those pages mapped, and a later large block (the
+// 1 GB LM head at the end of an 8B conversion) that fits none of the kept spans takes fresh pages on top
+// (bench/README.md: 8B shape, 6.4 GiB peak, 4.8 GiB live). Releasing costs page faults for the next
+// layer's buffers, small next to a layer's work. tcmalloc is found at run time (no header needed, and a
+// build without it falls back to glibc's malloc_trim).
+void release_free_memory() {
+  using Release = void (*)();
+  static const auto tcmalloc_release = reinterpret_cast<Release>(dlsym(RTLD_DEFAULT, "MallocExtension_ReleaseFreeMemory"));
+  if (tcmalloc_release != nullptr) {
+    tcmalloc_release();
+    return;
+  }
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
+
 bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
 
 // Loads a single layer's parameters from `lookup` (HF name -> tensor), checking shapes.
@@ -48,8 +70,11 @@ DecoderLayer build_layer(const ModelConfig& c, int64_t i, Lookup&& lookup, torch
   return layer;
 }
 
-torch::Tensor embed(const ModelConfig& c, const torch::Tensor& table, const torch::Tensor& tokens) {
-  auto x = torch::embedding(table, tokens);  // (1, T, D)
+// `table` is the stored (V, D) matrix on the CPU, in its stored dtype: only the document's rows are
+// widened to float32 and moved to `device` (bf16/fp16 -> fp32 is exact, so this equals gathering from a
+// float32 copy of the table, without holding one: 2.1 GB for a 128k x 4096 vocabulary).
+torch::Tensor embed(const ModelConfig& c, const torch::Tensor& table, const torch::Tensor& tokens, torch::Device device) {
+  auto x = torch::embedding(table, tokens.to(torch::kCPU)).to(device, torch::kFloat32);  // (1, T, D)
   // Gemma multiplies by sqrt(D) rounded to the activation dtype, as the decoder does.
   if (c.family == Family::gemma2) x = x * torch::tensor(c.embedding_multiplier(), x.options()).to(x.dtype());
   return x;
@@ -111,9 +136,10 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
   // Tensors other than the converted attention are written as read, in the output dtype.
   auto pass_through = [&](const std::string& name) { emit(name, reader.get(name)); };
 
-  // Embedding: the calibration and evaluation documents enter the stream.
+  // Embedding: the calibration and evaluation documents enter the stream. The table stays in its stored
+  // dtype on the CPU and is dropped once written (a tied LM head is read again for the evaluation).
   const torch::Dtype dtype = torch::kFloat32;
-  torch::Tensor table = reader.get("model.embed_tokens.weight").to(o.device, dtype);
+  torch::Tensor table = reader.get("model.embed_tokens.weight");
   MLA_CHECK(table.dim() == 2 && table.size(0) == c.vocab_size && table.size(1) == D, origin,
             ": tensor 'model.embed_tokens.weight' has shape ", table.sizes(), ", expected [", c.vocab_size, ", ", D, "]");
   RotaryEmbedding original_rope(c, c.head_dim), mla_rope(final_config, final_config.qk_rope_head_dim);
@@ -127,21 +153,22 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
       auto positions = torch::arange(s.tokens.size(1), s.tokens.options()).unsqueeze(0);
       s.original_ctx = build_attention_context(c, original_rope, positions, {}, {}, 0);
       s.mla_ctx = build_attention_context(final_config, mla_rope, positions, {}, {}, 0);
-      s.hidden = embed(c, table, s.tokens);
+      s.hidden = embed(c, table, s.tokens, o.device);
       if (two_paths) s.hidden_mla = s.hidden;
       out.push_back(std::move(s));
     }
     return out;
   };
   std::vector<DocState> calib = make_docs(calibration, false), eval = make_docs(evaluation, true);
-  pass_through("model.embed_tokens.weight");
-  if (!c.tie_word_embeddings) table = torch::Tensor();  // the LM head is read at the end
+  emit("model.embed_tokens.weight", table);
+  table = torch::Tensor();
 
   KVMoments& moments = result.moments;
   moments.tokens = calibration_tokens;
   double anchor_max = 0;
   Progress progress("convert", n_layers, o.progress);
   for (int64_t i = 0; i < n_layers; ++i) {
+    release_free_memory();  // the previous layer's copies and any flushed shard buffer
     const std::string P = layer_prefix(i), A = P + "self_attn.";
     // 1. The original layer, and its attention tensors for the converter.
     StateDict attention;
@@ -232,13 +259,15 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
   }
   progress.finish();
 
+  release_free_memory();  // before the LM head's read and writer copy (2 x 1 GB for Llama-3-8B)
   pass_through("model.norm.weight");
   if (!c.tie_word_embeddings) pass_through("lm_head.weight");
   if (!eval.empty()) {
     RMSNorm norm(D, c.rms_norm_eps, c.family == Family::gemma2);
     norm->weight.copy_(reader.get("model.norm.weight"));
     norm->to(o.device);
-    torch::Tensor head = c.tie_word_embeddings ? table : reader.get("lm_head.weight").to(o.device, dtype);
+    torch::Tensor head =
+        reader.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").to(o.device, dtype);
     double before = 0, after = 0;
     int64_t tokens = 0;
     for (const DocState& s : eval) {
