@@ -6,7 +6,8 @@
 # the model FLOPs utilisation against the measured fp32 GEMM peak of one thread (MFU per process).
 #   bench/parallel_bench.sh [--layouts "tp=1,dp=2 tp=2,dp=1 ..."] [--model PATH] [--steps S] [--seq L]
 #                           [--micro B] [--trainable all|up_proj]
-# Layout keys: tp, dp (processes = tp x dp), zero (0/1). Default: stories260K (../shared/assets), layouts
+# Layout keys: tp, dp (processes = tp x dp), zero (0/1), overlap (0/1: gradient reduction started from the
+# backward, parallel/grad_sync.h; default 1), bucket (MiB per gradient bucket, default 25). Default: stories260K (../shared/assets), layouts
 # tp=1,dp=2 / tp=1,dp=2,zero=1 / tp=2,dp=1, 20 steps of 4 x 256 tokens per micro-batch, `all`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,15 +43,16 @@ log: {progress: never, png: false}
 YAML
 export MLAFORGE_NUM_THREADS=1
 "$BIN" train "$WORK/r.yaml" train.output_dir="$WORK/one" > "$WORK/one.log" 2>&1 || { tail "$WORK/one.log"; exit 1; }
-runs=("one:1:1:0")
+runs=("one:1:1:0:1:25")
 for layout in $LAYOUTS; do
-  tp=1 dp=1 zero=0
+  tp=1 dp=1 zero=0 overlap=1 bucket=25
   IFS=, read -r -a kv <<< "$layout"
   for pair in "${kv[@]}"; do eval "${pair%%=*}=${pair#*=}"; done
-  name="tp${tp}dp${dp}z${zero}"
+  name="tp${tp}dp${dp}z${zero}o${overlap}b${bucket}"
+  overlap_flag=$([ "$overlap" = 1 ] && echo true || echo false)
   bash "$ROOT/tests/parallel/run_mpi.sh" $((tp * dp)) "$BIN" train "$WORK/r.yaml" parallel.tp="$tp" parallel.zero="$zero" \
-    train.output_dir="$WORK/$name" > "$WORK/$name.log" 2>&1 || { tail "$WORK/$name.log"; exit 1; }
-  runs+=("$name:$tp:$dp:$zero")
+    parallel.overlap_grad_reduce="$overlap_flag" parallel.bucket_mb="$bucket" train.output_dir="$WORK/$name" > "$WORK/$name.log" 2>&1 || { tail "$WORK/$name.log"; exit 1; }
+  runs+=("$name:$tp:$dp:$zero:$overlap:$bucket")
 done
 "$PY" - "$WORK" "$MODEL" "${runs[@]}" <<'PYEOF'
 import json, statistics, sys, time
@@ -69,17 +71,20 @@ def steady(run):
     tps = sum(r["tokens"] for r in recs) / secs
     tflops = sum(r["tflops"] * r["tokens"] / r["tokens_per_s"] for r in recs) / secs
     comm = statistics.mean(r.get("comm_frac", 0.0) for r in recs)
-    return tps, tflops, comm, len(recs)
+    overlapped = statistics.mean(r.get("overlapped_buckets", 0.0) for r in recs)
+    return tps, tflops, comm, overlapped
 print(f"model {model}; same global batch in every layout; fp32 GEMM peak of one thread {peak / 1e9:.1f} GFLOP/s")
-print(f"| layout | processes | tokens/s | tokens/s per process | scaling efficiency | DP comm share | MFU per process |")
-print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+print(f"| layout | processes | tokens/s | tokens/s per process | scaling efficiency | DP comm waited for | buckets started in backward | MFU per process |")
+print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 base = None
 for spec in runs:
-    name, tp, dp, zero = spec.split(":")
+    name, tp, dp, zero, overlap, bucket = spec.split(":")
     n = int(tp) * int(dp)
-    tps, tflops, comm, k = steady(name)
+    tps, tflops, comm, overlapped = steady(name)
     base = base or tps
-    label = "1 process" if name == "one" else f"TP {tp} x DP {dp}" + (" ZeRO-1" if zero == "1" else "")
+    label = "1 process" if name == "one" else (f"TP {tp} x DP {dp}" + (" ZeRO-1" if zero == "1" else "") +
+                                               ("" if int(dp) == 1 else (", overlap" if overlap == "1" else ", no overlap") +
+                                                f", {bucket} MiB buckets"))
     print(f"| {label} | {n} | {tps:,.0f} | {tps / n:,.0f} | {tps / (n * base):.2f} | {100 * comm:.1f}% | "
-          f"{100 * tflops * 1e12 / (n * peak):.1f}% |")
+          f"{overlapped:.0f} | {100 * tflops * 1e12 / (n * peak):.1f}% |")
 PYEOF

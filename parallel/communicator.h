@@ -4,8 +4,8 @@
 //   single  a world of one process: every collective is the identity (no MPI needed)
 //   mpi     MPI collectives on CPU tensors (what CI runs: `mpirun -np 2/4`)
 //   nccl    NCCL on CUDA tensors, bootstrapped over MPI (rank 0 creates the unique id, MPI broadcasts
-//           it), each process bound to GPU `local_rank`, collectives issued on the current CUDA stream
-//           so they are ordered with the compute that produced and consumes the tensors
+//           it), each process bound to GPU `local_rank`, collectives ordered by CUDA events after the
+//           compute that produced the tensors and before the compute that consumes them
 //
 // Every collective is in place or writes a caller-allocated output, takes contiguous tensors of the same
 // dtype and shape on every rank (checked where cheap), and is a barrier in the sense that all ranks of
@@ -23,8 +23,9 @@
 // the timeout is checked). CUDA tensors are staged through host memory. bfloat16/float16 reductions are
 // computed in float32 (converted, reduced, rounded back once). Call it from the thread that created the
 // first communicator (MPI is initialised with MPI_THREAD_SERIALIZED requested, FUNNELED accepted).
-// nccl backend: collectives are enqueued on the current CUDA stream and return at once (asynchronous to
-// the host like any CUDA kernel); a watchdog thread checks their completion against the timeout, aborts
+// nccl backend: collectives are enqueued on the communicator's own CUDA stream, ordered after the
+// caller's current stream and joined back into it, and return at once (asynchronous to the host like any
+// CUDA kernel); a watchdog thread checks their completion against the timeout, aborts
 // the NCCL communicator on expiry or on an NCCL error, and the next call on this rank throws (the
 // watchdog ends the process itself if none comes within 10 s). barrier() waits on the host.
 #include <torch/torch.h>
@@ -58,6 +59,19 @@ ProcessEnv detect_process_env();
 
 enum class ReduceOp { sum, avg, max };
 
+// A collective still in flight (Communicator::all_reduce_async, reduce_scatter_async). The tensors passed
+// to the call must stay alive and untouched until wait() returns.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  // Non-blocking: whether the collective has completed. MPI progresses non-blocking collectives only
+  // inside MPI calls, so a caller that computes meanwhile polls this now and then.
+  virtual bool test() = 0;
+  // Completes the collective within the communicator's timeout and leaves the result in the output given
+  // to the call. nccl: makes the caller's current CUDA stream wait for it (no host wait). Idempotent.
+  virtual void wait() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -78,6 +92,16 @@ class Communicator {
   // In place: every rank ends with root's tensor.
   virtual void broadcast(torch::Tensor& tensor, int root) = 0;
   virtual void barrier() = 0;
+
+  // Started now, completed by the returned handle's wait(): lets a caller overlap a reduction with
+  // computation (gradient buckets reduced during the backward pass). The same ordering rule holds: every
+  // rank starts the same collectives in the same order. mpi: the non-blocking MPI call; nccl: issued on
+  // the communicator's stream after the caller's current stream (so it sees the producing kernels),
+  // which wait() joins back. mpi: a handle destroyed before wait() leaves the communicator unusable (its
+  // buffers are kept alive: MPI may still write into them). This base version runs the blocking one.
+  virtual std::unique_ptr<PendingCollective> all_reduce_async(torch::Tensor& tensor, ReduceOp op = ReduceOp::sum);
+  virtual std::unique_ptr<PendingCollective> reduce_scatter_async(const torch::Tensor& input, torch::Tensor& output,
+                                                                  ReduceOp op = ReduceOp::sum);
 
   // A sub-communicator of the ranks that pass the same `color`, ordered by `key` (MPI_Comm_split
   // semantics). Collective over this communicator. `name` labels it in messages.

@@ -183,20 +183,10 @@ class MpiCommunicator final : public Communicator {
   std::string backend() const override { return "mpi"; }
   std::string name() const override { return name_; }
 
-  void all_reduce(torch::Tensor& tensor, ReduceOp op) override {
-    detail::check_contiguous(*this, "all_reduce", tensor);
-    detail::check_reduce_dtype(*this, "all_reduce", tensor, op);
-    check_usable();
-    torch::Tensor work = host_copy(tensor, reduce_in_float32(tensor.scalar_type()));
-    MPI_Datatype type = reduce_type(work.scalar_type());
-    MLA_CHECK(type != MPI_DATATYPE_NULL, detail::who(*this), ": all_reduce does not support ",
-              detail::dtype_name(tensor.scalar_type()));
-    Pending what = begin(kAllReduce, tensor, {work});
-    MPI_Request request;
-    check(MPI_Iallreduce(MPI_IN_PLACE, work.data_ptr(), count(work), type, mpi_op(op), comm_, &request), what);
-    wait(request, what);
-    if (op == ReduceOp::avg) work.div_(size_);
-    if (!work.is_same(tensor)) tensor.copy_(work);
+  void all_reduce(torch::Tensor& tensor, ReduceOp op) override { start_all_reduce(tensor, op)->wait(); }
+
+  std::unique_ptr<PendingCollective> all_reduce_async(torch::Tensor& tensor, ReduceOp op) override {
+    return start_all_reduce(tensor, op);
   }
 
   void all_gather(const torch::Tensor& input, torch::Tensor& output) override {
@@ -222,25 +212,12 @@ class MpiCommunicator final : public Communicator {
   }
 
   void reduce_scatter(const torch::Tensor& input, torch::Tensor& output, ReduceOp op) override {
-    detail::check_scatter(*this, input, output);
-    detail::check_reduce_dtype(*this, "reduce_scatter", input, op);
-    check_usable();
-    const bool widen = reduce_in_float32(input.scalar_type());
-    torch::Tensor in = host_copy(input, widen);
-    torch::Tensor out = output.is_cpu() && !widen
-                            ? output
-                            : torch::empty(output.sizes(), output.options().device(torch::kCPU).dtype(in.dtype()));
-    MPI_Datatype type = reduce_type(in.scalar_type());
-    MLA_CHECK(type != MPI_DATATYPE_NULL, detail::who(*this), ": reduce_scatter does not support ",
-              detail::dtype_name(input.scalar_type()));
-    if (detail::overlaps(in, out)) in = in.clone();  // output inside the input (in place): MPI needs them apart
-    Pending what = begin(kReduceScatter, input, {in, out});
-    MPI_Request request;
-    check(MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), count(out), type, mpi_op(op), comm_, &request),
-          what);
-    wait(request, what);
-    if (op == ReduceOp::avg) out.div_(size_);
-    if (!out.is_same(output)) output.copy_(out);
+    start_reduce_scatter(input, output, op)->wait();
+  }
+
+  std::unique_ptr<PendingCollective> reduce_scatter_async(const torch::Tensor& input, torch::Tensor& output,
+                                                          ReduceOp op) override {
+    return start_reduce_scatter(input, output, op);
   }
 
   void broadcast(torch::Tensor& tensor, int root) override {
@@ -289,6 +266,83 @@ class MpiCommunicator final : public Communicator {
     std::string desc;  // "float32 x 1048576"
     std::vector<torch::Tensor> buffers;
   };
+
+  // One started reduction: the request, the buffer MPI works in and where the result goes.
+  class InFlight final : public PendingCollective {
+   public:
+    InFlight(MpiCommunicator& comm, Pending what, torch::Tensor work, torch::Tensor target, ReduceOp op)
+        : comm_(comm), what_(std::move(what)), work_(std::move(work)), target_(std::move(target)), op_(op) {}
+    InFlight(const InFlight&) = delete;
+    InFlight& operator=(const InFlight&) = delete;
+    ~InFlight() override {
+      // Abandoned (an exception unwound past it): MPI may still write into the buffers, and the ranks are
+      // out of step on this communicator, so it is poisoned rather than waited on.
+      if (!done_) comm_.poison(what_);
+    }
+    MPI_Request* request() { return &request_; }
+
+    bool test() override {
+      if (done_) return true;
+      int flag = 0;
+      comm_.check(MPI_Test(&request_, &flag, MPI_STATUS_IGNORE), what_);
+      if (flag) complete();
+      return done_;
+    }
+    void wait() override {
+      if (done_) return;
+      comm_.wait(request_, what_);
+      complete();
+    }
+
+   private:
+    void complete() {
+      done_ = true;
+      if (op_ == ReduceOp::avg) work_.div_(comm_.size_);
+      if (!work_.is_same(target_)) target_.copy_(work_);
+    }
+    MpiCommunicator& comm_;
+    Pending what_;
+    torch::Tensor work_, target_;
+    ReduceOp op_;
+    MPI_Request request_ = MPI_REQUEST_NULL;
+    bool done_ = false;
+  };
+
+  std::unique_ptr<InFlight> start_all_reduce(torch::Tensor& tensor, ReduceOp op) {
+    detail::check_contiguous(*this, "all_reduce", tensor);
+    detail::check_reduce_dtype(*this, "all_reduce", tensor, op);
+    check_usable();
+    torch::Tensor work = host_copy(tensor, reduce_in_float32(tensor.scalar_type()));
+    MPI_Datatype type = reduce_type(work.scalar_type());
+    MLA_CHECK(type != MPI_DATATYPE_NULL, detail::who(*this), ": all_reduce does not support ",
+              detail::dtype_name(tensor.scalar_type()));
+    Pending what = begin(kAllReduce, tensor, {work});
+    auto pending = std::make_unique<InFlight>(*this, what, work, tensor, op);
+    check(MPI_Iallreduce(MPI_IN_PLACE, work.data_ptr(), count(work), type, mpi_op(op), comm_, pending->request()),
+          what);
+    return pending;
+  }
+
+  std::unique_ptr<InFlight> start_reduce_scatter(const torch::Tensor& input, torch::Tensor& output, ReduceOp op) {
+    detail::check_scatter(*this, input, output);
+    detail::check_reduce_dtype(*this, "reduce_scatter", input, op);
+    check_usable();
+    const bool widen = reduce_in_float32(input.scalar_type());
+    torch::Tensor in = host_copy(input, widen);
+    torch::Tensor out = output.is_cpu() && !widen
+                            ? output
+                            : torch::empty(output.sizes(), output.options().device(torch::kCPU).dtype(in.dtype()));
+    MPI_Datatype type = reduce_type(in.scalar_type());
+    MLA_CHECK(type != MPI_DATATYPE_NULL, detail::who(*this), ": reduce_scatter does not support ",
+              detail::dtype_name(input.scalar_type()));
+    if (detail::overlaps(in, out)) in = in.clone();  // output inside the input (in place): MPI needs them apart
+    Pending what = begin(kReduceScatter, input, {in, out});
+    auto pending = std::make_unique<InFlight>(*this, what, out, output, op);
+    check(MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), count(out), type, mpi_op(op), comm_,
+                                    pending->request()),
+          what);
+    return pending;
+  }
 
   int count(const torch::Tensor& tensor) const {
     MLA_CHECK(tensor.numel() <= INT_MAX, detail::who(*this), ": ", detail::describe(tensor),

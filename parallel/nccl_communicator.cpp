@@ -1,4 +1,6 @@
-// NCCL backend: collectives on CUDA tensors, enqueued on the current CUDA stream of this process's GPU.
+// NCCL backend: collectives on CUDA tensors, enqueued on the communicator's own CUDA stream after the
+// caller's current stream (blocking-style calls make the caller's stream wait for them; the *_async ones
+// leave that to PendingCollective::wait, so the caller's kernels overlap the communication).
 //
 // UNTESTED ON A GPU: this file is compiled and linked in CI (the torch wheel ships nccl.h and
 // libnccl.so.2), but the machines that wrote it had no GPU. See parallel/README.md.
@@ -34,6 +36,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -179,7 +182,9 @@ class NcclCommunicator final : public Communicator {
   std::string backend() const override { return "nccl"; }
   std::string name() const override { return name_; }
 
-  void all_reduce(torch::Tensor& tensor, ReduceOp op) override {
+  void all_reduce(torch::Tensor& tensor, ReduceOp op) override { all_reduce_on_stream(tensor, op, /*join=*/true); }
+
+  void all_reduce_on_stream(torch::Tensor& tensor, ReduceOp op, bool join) {
     detail::check_contiguous(*this, "all_reduce", tensor);
     detail::check_reduce_dtype(*this, "all_reduce", tensor, op);
     check_device("all_reduce", tensor);
@@ -188,7 +193,7 @@ class NcclCommunicator final : public Communicator {
     const size_t n = static_cast<size_t>(tensor.numel());
     enqueue("all_reduce", tensor, [&](cudaStream_t stream) {
       return ncclAllReduce(data, data, n, type, nccl_op(op), comm_, stream);
-    });
+    }, join);
   }
 
   void all_gather(const torch::Tensor& input, torch::Tensor& output) override {
@@ -206,6 +211,10 @@ class NcclCommunicator final : public Communicator {
   }
 
   void reduce_scatter(const torch::Tensor& input, torch::Tensor& output, ReduceOp op) override {
+    reduce_scatter_on_stream(input, output, op, /*join=*/true);
+  }
+
+  void reduce_scatter_on_stream(const torch::Tensor& input, torch::Tensor& output, ReduceOp op, bool join) {
     detail::check_scatter(*this, input, output);
     detail::check_reduce_dtype(*this, "reduce_scatter", input, op);
     check_device("reduce_scatter", input);
@@ -218,7 +227,18 @@ class NcclCommunicator final : public Communicator {
     const size_t n = static_cast<size_t>(output.numel());
     enqueue("reduce_scatter", input, [&](cudaStream_t stream) {
       return ncclReduceScatter(in, out, n, type, nccl_op(op), comm_, stream);
-    });
+    }, join);
+  }
+
+  std::unique_ptr<PendingCollective> all_reduce_async(torch::Tensor& tensor, ReduceOp op) override {
+    all_reduce_on_stream(tensor, op, /*join=*/false);
+    return completion("all_reduce");
+  }
+
+  std::unique_ptr<PendingCollective> reduce_scatter_async(const torch::Tensor& input, torch::Tensor& output,
+                                                          ReduceOp op) override {
+    reduce_scatter_on_stream(input, output, op, /*join=*/false);
+    return completion("reduce_scatter");
   }
 
   void broadcast(torch::Tensor& tensor, int root) override {
@@ -303,16 +323,62 @@ class NcclCommunicator final : public Communicator {
     throw Error(error);
   }
 
-  // Issues one collective on the current stream of our device and hands its completion event to the
-  // watchdog. Returns the event (valid until the watchdog sees it complete; barrier() polls it first).
+  // A collective issued on the side stream; wait() makes the then-current stream wait for it.
+  class SideStreamCollective final : public PendingCollective {
+   public:
+    SideStreamCollective(cudaEvent_t done, int device) : done_(done), device_(device) {}
+    ~SideStreamCollective() override { cudaEventDestroy(done_); }  // released by CUDA once it completes
+    bool test() override { return cudaEventQuery(done_) == cudaSuccess; }  // failures are the watchdog's
+    void wait() override {
+      if (joined_) return;
+      joined_ = true;
+      cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
+      check_cuda(cudaStreamWaitEvent(stream, done_, 0), "nccl: joining a collective's stream");
+    }
+
+   private:
+    cudaEvent_t done_;
+    int device_;
+    bool joined_ = false;
+  };
+
+  // The handle of the collective just issued (join = false) on this communicator's stream.
+  std::unique_ptr<PendingCollective> completion(const char* what) {
+    cudaEvent_t done = nullptr;
+    const std::string where = detail::who(*this) + ": " + what;
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), where);
+    check_cuda(cudaEventRecord(done, stream()), where);
+    return std::make_unique<SideStreamCollective>(done, device_);
+  }
+
+  // This communicator's own stream: every collective runs there, in issue order (NCCL needs one
+  // communicator's collectives in the same order on every rank, which two streams would not guarantee).
+  cudaStream_t stream() {
+    if (!stream_) stream_ = c10::cuda::getStreamFromPool(/*isHighPriority=*/true, static_cast<c10::DeviceIndex>(device_));
+    return stream_->stream();
+  }
+
+  // Issues one collective on this communicator's stream, after the work already enqueued on the caller's
+  // current stream (which produced the inputs), and hands its completion event to the watchdog. With
+  // `join` the caller's stream then waits for it, so later kernels see the result (the blocking-style
+  // calls); without, the caller joins through the PendingCollective (overlap). Returns the event (valid
+  // until the watchdog sees it complete; barrier() polls it first).
   template <typename Issue>
-  cudaEvent_t enqueue(const char* what, const torch::Tensor& tensor, Issue issue) {
+  cudaEvent_t enqueue(const char* what, const torch::Tensor& tensor, Issue issue, bool join = true) {
     throw_if_failed();
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
+    cudaStream_t caller = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
+    cudaStream_t stream = this->stream();
     const int64_t seq = ++seq_;
     std::string label = detail::who(*this) + ": " + what + " #" + std::to_string(seq);
     if (tensor.defined()) label += " (" + detail::describe(tensor) + ")";
+    if (caller != stream) {
+      cudaEvent_t ready = nullptr;
+      check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), label);
+      check_cuda(cudaEventRecord(ready, caller), label);
+      check_cuda(cudaStreamWaitEvent(stream, ready, 0), label);
+      cudaEventDestroy(ready);  // released by CUDA once the wait is satisfied
+    }
     ncclResult_t rc = issue(stream);
     if (rc == ncclInProgress) rc = poll_ready(comm_, timeout_);  // non-blocking enqueue still running
     if (rc == ncclInProgress) {
@@ -329,6 +395,7 @@ class NcclCommunicator final : public Communicator {
     }
     if (event == nullptr) check_cuda(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), label);
     check_cuda(cudaEventRecord(event, stream), label);
+    if (join && caller != stream) check_cuda(cudaStreamWaitEvent(caller, event, 0), label);
     {
       std::lock_guard<std::mutex> lock(shared_.mutex);
       shared_.work.push_back({event, seq, std::move(label), Clock::now()});
@@ -394,6 +461,7 @@ class NcclCommunicator final : public Communicator {
   int size_ = 1;
   std::string name_;
   int64_t seq_ = 0;
+  std::optional<c10::cuda::CUDAStream> stream_;  // every collective of this communicator (see stream())
   Shared shared_;
   std::thread watchdog_;
 };

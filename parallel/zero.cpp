@@ -5,66 +5,82 @@
 #include "core/error.h"
 
 namespace mlaforge::parallel {
+
+void RowShardLayout::add(const torch::Tensor& tensor) {
+  const int64_t rows = tensor.size(0);
+  const int64_t row_numel = rows == 0 ? 0 : tensor.numel() / rows;
+  rows_.push_back(rows);
+  row_numel_.push_back(row_numel);
+  offset_.push_back(row_size_);
+  row_size_ += (rows + dp_ - 1) / dp_ * row_numel;
+}
+
+torch::Tensor RowShardLayout::pack_all_ranks(const std::vector<torch::Tensor>& tensors) const {
+  std::vector<torch::Tensor> parts;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const torch::Tensor t = tensors[i].view({rows_[i], row_numel_[i]});
+    const int64_t padded_rows = (rows_[i] + dp_ - 1) / dp_ * dp_;
+    torch::Tensor padded = t;
+    if (padded_rows > rows_[i]) padded = torch::cat({t, torch::zeros({padded_rows - rows_[i], row_numel_[i]}, t.options())});
+    parts.push_back(padded.reshape({dp_, padded_rows / dp_ * row_numel_[i]}));  // (dp, slot)
+  }
+  return torch::cat(parts, 1).reshape({-1});  // (dp * S,)
+}
+
+torch::Tensor RowShardLayout::pack_own(const std::vector<torch::Tensor>& tensors, int rank) const {
+  torch::Tensor out = torch::zeros({row_size_}, tensors.front().options());
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const RowRange r = zero_row_range(rows_[i], rank, dp_);
+    const torch::Tensor t = tensors[i].view({rows_[i], row_numel_[i]});
+    out.narrow(0, offset_[i], r.rows() * row_numel_[i]).copy_(t.narrow(0, r.begin, r.rows()).reshape({-1}));
+  }
+  return out;
+}
+
+void RowShardLayout::unpack_own(const torch::Tensor& mine, const std::vector<torch::Tensor>& tensors, int rank) const {
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const RowRange r = zero_row_range(rows_[i], rank, dp_);
+    const torch::Tensor t = tensors[i].view({rows_[i], row_numel_[i]});
+    t.narrow(0, r.begin, r.rows()).copy_(mine.narrow(0, offset_[i], r.rows() * row_numel_[i]).view({r.rows(), row_numel_[i]}));
+  }
+}
+
+void RowShardLayout::unpack_all(const torch::Tensor& all, const std::vector<torch::Tensor>& tensors) const {
+  const torch::Tensor grid = all.view({dp_, row_size_});
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const int64_t slot = (rows_[i] + dp_ - 1) / dp_ * row_numel_[i];
+    const torch::Tensor gathered = grid.narrow(1, offset_[i], slot).reshape({-1, row_numel_[i]});
+    tensors[i].view({rows_[i], row_numel_[i]}).copy_(gathered.narrow(0, 0, rows_[i]));
+  }
+}
+
 namespace {
 
-// A bucket laid out rank-major: the buffer is (dp, S), row k holding, tensor after tensor, the rows that
-// rank k owns (each tensor padded to dp * chunk rows, so every rank's slot for tensor i has the same
-// size chunk_i * row_numel_i). Rank k's share of a reduce-scatter / all-gather is row k.
 struct Bucket {
-  std::vector<torch::Tensor> tensors;  // as (rows, row_numel) views
-  std::vector<int64_t> offset, slot;   // per tensor: offset in a row of the buffer, and slot size
-  int64_t row_size = 0;                // S
+  RowShardLayout layout;
+  std::vector<torch::Tensor> tensors;
 };
 
-using TensorGroups = std::vector<Bucket>;
-
-TensorGroups make_buckets(const std::vector<torch::Tensor>& tensors, int dp, size_t bucket_bytes, const char* what) {
-  TensorGroups buckets;
+// Consecutive tensors of one dtype and device, up to bucket_bytes of per-rank share each.
+std::vector<Bucket> make_buckets(const std::vector<torch::Tensor>& tensors, int dp, size_t bucket_bytes,
+                                 const char* what) {
+  std::vector<Bucket> buckets;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const torch::Tensor& t = tensors[i];
     MLA_CHECK(t.defined(), "ZeRO: ", what, " ", i, " is undefined (materialise missing gradients first)");
     MLA_CHECK(t.dim() >= 1, "ZeRO: ", what, " ", i, " is a scalar; shards are rows of tensors");
     MLA_CHECK(t.is_contiguous(), "ZeRO: ", what, " ", i, " is not contiguous");
     const int64_t rows = t.size(0);
-    const int64_t row_numel = rows == 0 ? 0 : t.numel() / rows;
-    const int64_t slot = (rows + dp - 1) / dp * row_numel;
-    const size_t slot_bytes = static_cast<size_t>(slot) * t.element_size();
+    const size_t slot_bytes =
+        static_cast<size_t>((rows + dp - 1) / dp * (rows == 0 ? 0 : t.numel() / rows)) * t.element_size();
     const bool fits = !buckets.empty() && buckets.back().tensors.front().scalar_type() == t.scalar_type() &&
                       buckets.back().tensors.front().device() == t.device() &&
-                      static_cast<size_t>(buckets.back().row_size) * t.element_size() + slot_bytes <= bucket_bytes;
-    if (!fits) buckets.emplace_back();
-    Bucket& b = buckets.back();
-    b.tensors.push_back(t.view({rows, row_numel}));
-    b.offset.push_back(b.row_size);
-    b.slot.push_back(slot);
-    b.row_size += slot;
+                      static_cast<size_t>(buckets.back().layout.row_size()) * t.element_size() + slot_bytes <= bucket_bytes;
+    if (!fits) buckets.push_back({RowShardLayout(dp), {}});
+    buckets.back().layout.add(t);
+    buckets.back().tensors.push_back(t);
   }
   return buckets;
-}
-
-// (dp, S): every rank's rows of every tensor of the bucket, zero padded.
-torch::Tensor pack_all_ranks(const Bucket& b, int dp) {
-  std::vector<torch::Tensor> parts;
-  for (size_t i = 0; i < b.tensors.size(); ++i) {
-    const torch::Tensor& t = b.tensors[i];  // (rows, row_numel)
-    const int64_t padded_rows = b.slot[i] == 0 ? 0 : b.slot[i] / t.size(1) * dp;
-    torch::Tensor padded = t;
-    if (padded_rows > t.size(0))
-      padded = torch::cat({t, torch::zeros({padded_rows - t.size(0), t.size(1)}, t.options())});
-    parts.push_back(padded.reshape({dp, b.slot[i]}));
-  }
-  return torch::cat(parts, 1);  // (dp, S)
-}
-
-// (S,): this rank's rows of every tensor of the bucket, zero padded.
-torch::Tensor pack_own(const Bucket& b, int rank, int dp) {
-  torch::Tensor out = torch::zeros({b.row_size}, b.tensors.front().options());
-  for (size_t i = 0; i < b.tensors.size(); ++i) {
-    const torch::Tensor& t = b.tensors[i];
-    const RowRange r = zero_row_range(t.size(0), rank, dp);
-    out.narrow(0, b.offset[i], r.rows() * t.size(1)).copy_(t.narrow(0, r.begin, r.rows()).reshape({-1}));
-  }
-  return out;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -78,17 +94,12 @@ BucketStats reduce_scatter_gradients(const std::vector<torch::Tensor>& grads, Co
   if (dp.size() == 1) return stats;
   const auto start = std::chrono::steady_clock::now();
   torch::NoGradGuard no_grad;
-  const int n = dp.size(), rank = dp.rank();
-  for (const Bucket& b : make_buckets(grads, n, bucket_bytes, "gradient")) {
-    if (b.row_size == 0) continue;
-    torch::Tensor all = pack_all_ranks(b, n).reshape({-1});  // (dp * S,)
-    torch::Tensor mine = torch::empty({b.row_size}, all.options());
+  for (const Bucket& b : make_buckets(grads, dp.size(), bucket_bytes, "gradient")) {
+    if (b.layout.row_size() == 0) continue;
+    torch::Tensor all = b.layout.pack_all_ranks(b.tensors);  // (dp * S,)
+    torch::Tensor mine = torch::empty({b.layout.row_size()}, all.options());
     dp.reduce_scatter(all, mine, ReduceOp::sum);
-    for (size_t i = 0; i < b.tensors.size(); ++i) {
-      const torch::Tensor& t = b.tensors[i];
-      const RowRange r = zero_row_range(t.size(0), rank, n);
-      t.narrow(0, r.begin, r.rows()).copy_(mine.narrow(0, b.offset[i], r.rows() * t.size(1)).view({r.rows(), t.size(1)}));
-    }
+    b.layout.unpack_own(mine, b.tensors, dp.rank());
     stats.buckets += 1;
     stats.bytes += static_cast<size_t>(all.nbytes());
   }
@@ -101,17 +112,11 @@ BucketStats all_gather_rows(const std::vector<torch::Tensor>& tensors, Communica
   if (dp.size() == 1) return stats;
   const auto start = std::chrono::steady_clock::now();
   torch::NoGradGuard no_grad;
-  const int n = dp.size(), rank = dp.rank();
-  for (const Bucket& b : make_buckets(tensors, n, bucket_bytes, "tensor")) {
-    if (b.row_size == 0) continue;
-    torch::Tensor all = torch::empty({n * b.row_size}, b.tensors.front().options());
-    dp.all_gather(pack_own(b, rank, n), all);
-    const torch::Tensor grid = all.view({n, b.row_size});
-    for (size_t i = 0; i < b.tensors.size(); ++i) {
-      const torch::Tensor& t = b.tensors[i];  // (rows, row_numel)
-      const torch::Tensor gathered = grid.narrow(1, b.offset[i], b.slot[i]).reshape({-1, t.size(1)});
-      t.copy_(gathered.narrow(0, 0, t.size(0)));
-    }
+  for (const Bucket& b : make_buckets(tensors, dp.size(), bucket_bytes, "tensor")) {
+    if (b.layout.row_size() == 0) continue;
+    torch::Tensor all = torch::empty({dp.size() * b.layout.row_size()}, b.tensors.front().options());
+    dp.all_gather(b.layout.pack_own(b.tensors, dp.rank()), all);
+    b.layout.unpack_all(all, b.tensors);
     stats.buckets += 1;
     stats.bytes += static_cast<size_t>(all.nbytes());
   }

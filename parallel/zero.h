@@ -38,6 +38,31 @@ inline RowRange zero_row_range(int64_t rows, int rank, int count) {
   return {begin, std::min<int64_t>(begin + chunk, rows)};
 }
 
+// The rank-major flat layout of a list of tensors for one reduce-scatter or all-gather: a (dp, S) buffer
+// whose row k holds, tensor after tensor, the rows rank k owns, each tensor's slot padded to
+// ceil(rows / dp) rows, so every rank's slot for tensor i has the same size. Rank k's share of a
+// reduce-scatter / all-gather of the flat (dp * S) buffer is its row k. A layout depends on the shapes
+// only; the tensors are passed to each call (gradients are new tensors every step).
+class RowShardLayout {
+ public:
+  explicit RowShardLayout(int dp) : dp_(dp) {}
+  void add(const torch::Tensor& tensor);  // contiguous, at least 1-D; only its shape is kept
+  size_t count() const { return rows_.size(); }
+  int64_t row_size() const { return row_size_; }  // S
+
+  torch::Tensor pack_all_ranks(const std::vector<torch::Tensor>& tensors) const;            // (dp * S,)
+  torch::Tensor pack_own(const std::vector<torch::Tensor>& tensors, int rank) const;        // (S,)
+  // mine (S,): this rank's rows of every tensor (a reduce-scatter's output), written into them.
+  void unpack_own(const torch::Tensor& mine, const std::vector<torch::Tensor>& tensors, int rank) const;
+  // all (dp * S,): every rank's rows (an all-gather's output), written into the whole tensors.
+  void unpack_all(const torch::Tensor& all, const std::vector<torch::Tensor>& tensors) const;
+
+ private:
+  int dp_;
+  std::vector<int64_t> rows_, row_numel_, offset_;  // per tensor; offset in a row of the buffer
+  int64_t row_size_ = 0;
+};
+
 // Step 1 above: on return, rows zero_row_range(t.size(0), dp.rank(), dp.size()) of each tensor hold the
 // sum of those rows over the DP group. All tensors defined, at least 1-D, same shapes and order on every
 // rank. Flat buckets of up to bucket_bytes (per rank share) per collective.

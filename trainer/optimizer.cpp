@@ -128,35 +128,41 @@ const torch::Tensor& AdamW::master(size_t i) const {
 
 void AdamW::accumulate_grads() {
   if (options_.precision != Precision::bf16_master) return;
+  for (Slot& s : slots_) accumulate(s);
+}
+
+void AdamW::accumulate(Slot& s) {
+  if (options_.precision != Precision::bf16_master) return;
   torch::NoGradGuard no_grad;
-  for (Slot& s : slots_) {
-    const torch::Tensor& g = s.param.grad();
-    if (!g.defined()) continue;
-    if (s.grad_acc.defined()) {
-      s.grad_acc.add_(g);  // bf16 + fp32 -> computed and stored in fp32
-    } else {
-      s.grad_acc = g.to(torch::kFloat32, false, /*copy=*/true);
-    }
-    s.param.mutable_grad().reset();
+  const torch::Tensor& g = s.param.grad();
+  if (!g.defined()) return;
+  if (s.grad_acc.defined()) {
+    s.grad_acc.add_(g);  // bf16 + fp32 -> computed and stored in fp32
+  } else {
+    s.grad_acc = g.to(torch::kFloat32, false, /*copy=*/true);
   }
+  s.param.mutable_grad().reset();
+}
+
+torch::Tensor AdamW::gradient(size_t i, bool zeros_for_missing) {
+  Slot& s = slots_.at(i);
+  accumulate(s);
+  if (zeros_for_missing && !fp32_grad(s).defined()) {
+    torch::NoGradGuard no_grad;
+    auto zeros = torch::zeros(s.param.sizes(), s.param.options().dtype(torch::kFloat32));
+    if (options_.precision == Precision::fp32) {
+      s.param.mutable_grad() = zeros;
+    } else {
+      s.grad_acc = zeros;
+    }
+  }
+  return fp32_grad(s);
 }
 
 std::vector<torch::Tensor> AdamW::gradients(bool zeros_for_missing) {
-  accumulate_grads();
   std::vector<torch::Tensor> out;
   out.reserve(slots_.size());
-  for (Slot& s : slots_) {
-    if (zeros_for_missing && !fp32_grad(s).defined()) {
-      torch::NoGradGuard no_grad;
-      auto zeros = torch::zeros(s.param.sizes(), s.param.options().dtype(torch::kFloat32));
-      if (options_.precision == Precision::fp32) {
-        s.param.mutable_grad() = zeros;
-      } else {
-        s.grad_acc = zeros;
-      }
-    }
-    out.push_back(fp32_grad(s));
-  }
+  for (size_t i = 0; i < slots_.size(); ++i) out.push_back(gradient(i, zeros_for_missing));
   return out;
 }
 

@@ -111,6 +111,9 @@ class AdamW {
   // `zeros_for_missing` (every rank of an all-reduce must contribute the same tensors), else its entry
   // is undefined.
   std::vector<torch::Tensor> gradients(bool zeros_for_missing = false);
+  // Entry i of gradients(), folding only parameter i's .grad (a data-parallel reducer calls it from the
+  // autograd hook that fires once the parameter's last gradient of the step has been accumulated).
+  torch::Tensor gradient(size_t i, bool zeros_for_missing = false);
 
   // Drops every gradient (set to undefined, like torch's set_to_none) and the fp32 accumulators.
   void zero_grad();
@@ -154,6 +157,7 @@ class AdamW {
   torch::Tensor own_rows(const Slot& slot, const torch::Tensor& t) const;
   // The fp32 gradient the update uses (undefined when the parameter got none).
   torch::Tensor fp32_grad(Slot& slot);
+  void accumulate(Slot& slot);  // bf16_master: slot.param's .grad folded into grad_acc and released
 
   std::vector<Slot> slots_;
   AdamWOptions options_;

@@ -139,6 +139,8 @@ struct ParallelRecipe {
   std::string backend = "auto";  // auto | mpi | nccl
   int64_t timeout_s = 1800;      // collective timeout
   int64_t zero = 0;              // ZeRO stage: 0 replicated optimizer state; 1 sharded over the DP group
+  bool overlap_grad_reduce = true;  // start gradient buckets' collectives during the backward pass
+  double bucket_mb = 25;            // gradient bucket size (MiB of fp32 gradients per collective)
   bool operator==(const ParallelRecipe&) const = default;
 };
 

@@ -272,6 +272,15 @@ std::vector<FieldSpec> build_schema() {
        "master weights are split across the data-parallel ranks (1/dp of that memory each; gradients "
        "reduce-scattered, updated weights all-gathered: the traffic of one all-reduce).",
        {}, between(0, 1), {"zero_stage", "zero1", "shard_optimizer"}});
+  add({"parallel.overlap_grad_reduce", K::boolean, MLA_FIELD(bool, parallel.overlap_grad_reduce),
+       "Data parallel: start each gradient bucket's all-reduce (reduce-scatter under ZeRO) from the backward "
+       "pass as soon as its gradients are final, so communication overlaps the remaining backward; false: "
+       "reduce everything after the backward. Same sums either way.",
+       {}, {}, {"overlap_comm", "overlap_grad_sync", "overlap"}});
+  add({"parallel.bucket_mb", K::number, MLA_FIELD(double, parallel.bucket_mb),
+       "Data parallel: MiB of fp32 gradients per collective. Smaller buckets start earlier in the backward "
+       "(more overlap) but cost more messages.",
+       {}, above(0), {"bucket_cap_mb", "bucket_size", "bucket_size_mb"}});
 
   // --- checkpoint ---------------------------------------------------------------------------------
   add({"checkpoint.every", K::integer, MLA_FIELD(I64, checkpoint.every),

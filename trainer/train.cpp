@@ -22,6 +22,7 @@
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
 #include "parallel/tensor_parallel.h"
+#include "parallel/grad_sync.h"
 #include "parallel/zero.h"
 #include "trainer/activation_checkpoint.h"
 #include "trainer/losses.h"
@@ -268,6 +269,10 @@ nlohmann::json TrainSummary::to_json() const {
   for (const auto& e : evals) j["evals"].push_back(e.to_json());
   if (teacher) j["teacher"] = teacher->to_json();
   if (replicas_identical) j["replicas_identical"] = *replicas_identical;
+  if (dp > 1 && !steps_log.empty()) {  // the last step's (the first one calibrates, see parallel/grad_sync.h)
+    j["grad_buckets"] = steps_log.back().grad_buckets;
+    j["grad_buckets_overlapped"] = steps_log.back().overlapped_buckets;
+  }
   if (!resumed_from.empty()) j["resumed_from"] = resumed_from, j["start_step"] = start_step;
   if (!last_checkpoint.empty()) j["last_checkpoint"] = last_checkpoint;
   if (!steps_log.empty()) {
@@ -411,6 +416,17 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
       }
     });
   }
+  // Data parallel: the gradients are summed over the DP group bucket by bucket, each bucket started from
+  // an autograd hook during the last micro-batch's backward as soon as its gradients are final.
+  std::unique_ptr<parallel::GradientSync> grad_sync;
+  if (groups.dp->size() > 1) {
+    grad_sync = std::make_unique<parallel::GradientSync>(
+        trained_tensors, *groups.dp,
+        parallel::GradSyncOptions{.bucket_bytes = static_cast<size_t>(recipe.parallel.bucket_mb * (1 << 20)),
+                                  .zero = zero,
+                                  .overlap = recipe.parallel.overlap_grad_reduce},
+        [&optimizer](size_t i, bool zeros_for_missing) { return optimizer.gradient(i, zeros_for_missing); });
+  }
   if (compute == torch::kBFloat16) cast_frozen_parameters(*model, torch::kBFloat16);
   set_activation_checkpointing(*model, recipe.model.activation_checkpointing);
   log::info("trainable: ", selection.trainable.size(), " tensors, ", selection.trainable_numel, " of ",
@@ -533,7 +549,8 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     for (const PackedBatch& mb : batch->micro_batches) micro.push_back(to_tensors(mb, device));
     LossMeter meter;
     double aux_sum = 0;
-    for (const BatchTensors& b : micro) {
+    for (size_t k = 0; k < micro.size(); ++k) {
+      const BatchTensors& b = micro[k];
       const ForwardOptions fo{.positions = b.positions, .segment_ids = b.segments};
       torch::Tensor teacher_logits;
       if (teacher) {
@@ -547,18 +564,15 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
         aux_sum += aux.item<double>();
         loss = loss + aux * (aux_coef / static_cast<double>(micro.size()));
       }
+      if (grad_sync && k + 1 == micro.size()) grad_sync->arm();
       if (loss.requires_grad()) loss.backward();
       optimizer.accumulate_grads();
       meter.add(sums);
     }
     // Data parallel: sum the gradients over the DP group (each rank's share of the global objective);
     // under ZeRO each rank receives the sum of its own rows only, updates them, and gathers the others.
-    parallel::BucketStats comm;
-    if (zero) {
-      comm = parallel::reduce_scatter_gradients(optimizer.gradients(/*zeros_for_missing=*/true), *groups.dp);
-    } else if (groups.dp->size() > 1) {
-      comm = parallel::all_reduce_gradients(optimizer.gradients(/*zeros_for_missing=*/true), *groups.dp);
-    }
+    parallel::GradSyncStats comm;
+    if (grad_sync) comm = grad_sync->finish();
     const double lr = schedule.lr(step);
     const StepResult result = optimizer.step(lr, recipe.optim.grad_clip);
     optimizer.zero_grad();
@@ -591,6 +605,8 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     r.tokens = batch->global_tokens;
     r.seconds = seconds_since(step_start);
     r.comm_seconds = comm.seconds;
+    r.grad_buckets = static_cast<int64_t>(comm.buckets);
+    r.overlapped_buckets = static_cast<int64_t>(comm.overlapped_buckets);
     summary.steps = r.step;
     summary.skipped_steps += r.skipped;
     summary.tokens += r.tokens;
@@ -605,7 +621,10 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
                                {"trained_tokens", static_cast<double>(r.trained_tokens)}};
     if (teacher) values.emplace_back("kl", r.kl);
     if (aux_coef > 0) values.emplace_back("aux", r.aux);
-    if (groups.dp->size() > 1) values.emplace_back("comm_frac", r.comm_seconds / std::max(r.seconds, 1e-9));
+    if (groups.dp->size() > 1) {
+      values.emplace_back("comm_frac", r.comm_seconds / std::max(r.seconds, 1e-9));
+      values.emplace_back("overlapped_buckets", static_cast<double>(r.overlapped_buckets));
+    }
     if (peak_flops > 0) values.emplace_back("mfu", flops_token * tokens_per_s / peak_flops);
     if (device.is_cpu()) values.emplace_back("mem_gb", peak_rss_gib());
     if (metrics_log) metrics_log->log_train(r.step, values);

@@ -76,7 +76,9 @@ struct StepReport {
   int64_t trained_tokens = 0;  // CE tokens of the step
   int64_t tokens = 0;          // real (non-padding) tokens of the step
   double seconds = 0;          // wall time of the step
-  double comm_seconds = 0;     // of which in the data-parallel gradient all-reduce (copies included)
+  double comm_seconds = 0;     // of which waiting for the data-parallel gradient reduction after the backward
+  int64_t grad_buckets = 0;    // data parallel: gradient buckets reduced
+  int64_t overlapped_buckets = 0;  // of which started during the backward (parallel/grad_sync.h)
 };
 
 struct TrainSummary {

@@ -11,6 +11,9 @@
 # DP replicas are bitwise identical (checked by the trainer, reported in report.json).
 # EXTRA: recipe overrides for both runs (space separated), e.g. "parallel.zero=1 model.dtype=bf16"; @MODEL@
 # stands for the model's path (e.g. "teacher.path=@MODEL@": self-distillation).
+# ACCUM (environment, default 2): micro-batches per step of the single process (ACCUM / DP per rank).
+# REFERENCE (environment): when set, the reference is not one process but the same NP-rank run with
+# these overrides added (e.g. "parallel.overlap_grad_reduce=false": overlap must not change a bit).
 #   train_dp.sh MLAFORGE ASSETS_DIR PYTHON [NP [TP [LOSS_TOL [WEIGHT_TOL [EXTRA]]]]]
 set -uo pipefail
 BIN="$1"
@@ -22,6 +25,7 @@ LOSS_TOL="${6:-1e-5}"
 WEIGHT_TOL="${7:-1e-5}"
 read -r -a EXTRA <<< "${8:-}"
 DP=$((NP / TP))
+ACCUM="${ACCUM:-2}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODEL="$ASSETS/models/stories260K/stories260K.bin"
 TXT="$ASSETS/text/tinystories_val_part1.txt"
@@ -45,12 +49,19 @@ checkpoint: {every: 0}
 log: {progress: never, png: false}
 YAML
 export MLAFORGE_NUM_THREADS=1
-"$BIN" train "$WORK/dp.yaml" "${EXTRA[@]}" batch.grad_accumulation=2 train.output_dir="$WORK/one" > "$WORK/one.log" 2>&1 ||
-  { cat "$WORK/one.log"; echo "FAIL: the single-process run failed"; exit 1; }
-bash "$HERE/run_mpi.sh" "$NP" "$BIN" train "$WORK/dp.yaml" "${EXTRA[@]}" parallel.tp="$TP" batch.grad_accumulation=$((2 / DP)) \
+if [ -n "${REFERENCE:-}" ]; then
+  read -r -a REF <<< "$REFERENCE"
+  bash "$HERE/run_mpi.sh" "$NP" "$BIN" train "$WORK/dp.yaml" "${EXTRA[@]}" "${REF[@]}" parallel.tp="$TP" \
+    batch.grad_accumulation=$((ACCUM / DP)) train.output_dir="$WORK/one" > "$WORK/one.log" 2>&1 ||
+    { cat "$WORK/one.log"; echo "FAIL: the reference run failed"; exit 1; }
+else
+  "$BIN" train "$WORK/dp.yaml" "${EXTRA[@]}" batch.grad_accumulation="$ACCUM" train.output_dir="$WORK/one" > "$WORK/one.log" 2>&1 ||
+    { cat "$WORK/one.log"; echo "FAIL: the single-process run failed"; exit 1; }
+fi
+bash "$HERE/run_mpi.sh" "$NP" "$BIN" train "$WORK/dp.yaml" "${EXTRA[@]}" parallel.tp="$TP" batch.grad_accumulation=$((ACCUM / DP)) \
   train.output_dir="$WORK/two" > "$WORK/two.log" 2>&1 || { cat "$WORK/two.log"; echo "FAIL: the $NP-rank run failed"; exit 1; }
 
-"$PY" - "$WORK/one" "$WORK/two" "$NP" "$TP" "$LOSS_TOL" "$WEIGHT_TOL" "${8:-}" <<'PYEOF'
+"$PY" - "$WORK/one" "$WORK/two" "$NP" "$TP" "$LOSS_TOL" "$WEIGHT_TOL" "${8:-}" "${REFERENCE:-}" <<'PYEOF'
 import json, sys
 import numpy as np
 from safetensors.numpy import load_file
@@ -63,9 +74,13 @@ def records(run, split):
 def rel(a, b):
     return abs(a - b) / max(abs(b), 1e-12)
 r1, r2 = json.load(open(f"{one}/report.json")), json.load(open(f"{two}/report.json"))
-assert r1["dp"] == 1 and r2["dp"] == dp and r2["tp"] == tp and r2["world_size"] == np_, (r2["dp"], r2["tp"])
+reference = sys.argv[8]
+assert r1["dp"] == (dp if reference else 1) and r2["dp"] == dp and r2["tp"] == tp and r2["world_size"] == np_, (r2["dp"], r2["tp"])
 if dp > 1:
     assert r2.get("replicas_identical") is True, r2.get("replicas_identical")
+if "overlap_grad_reduce=false" in reference:  # the run under test did overlap, the reference did not
+    assert r2["grad_buckets_overlapped"] > 0 and r1["grad_buckets_overlapped"] == 0, (r2, r1)
+    print(f"gradient buckets per step {r2['grad_buckets']}, started during the backward {r2['grad_buckets_overlapped']}")
 assert r1["tokens"] == r2["tokens"] and r1["trained_tokens"] == r2["trained_tokens"], "the runs saw different data"
 worst = {"loss": 0.0, "grad_norm": 0.0}
 for a, b in zip(records(two, "train"), records(one, "train")):
@@ -79,7 +94,8 @@ worst["eval"] = max(rel(a["loss"], b["loss"]) for a, b in zip(e2, e1))
 w1, w2 = load_file(f"{one}/model/model.safetensors"), load_file(f"{two}/model/model.safetensors")
 assert w1.keys() == w2.keys()
 worst["weights"] = max(float(np.abs(w1[k] - w2[k]).max() / (np.abs(w1[k]).max() + 1e-12)) for k in w1)
-print(f"TP={tp} x DP={dp}{' ' + sys.argv[7] if sys.argv[7] else ''} vs one process (same global batch):", ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+against = f"the same with {reference}" if reference else "one process (same global batch)"
+print(f"TP={tp} x DP={dp}{' ' + sys.argv[7] if sys.argv[7] else ''} vs {against}:", ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
 bad = {k: v for k, v in worst.items() if v > (weight_tol if k == "weights" else loss_tol)}
 if bad:
     sys.exit(f"FAIL: beyond tolerance (losses {loss_tol}, weights {weight_tol}): {bad}")
