@@ -126,7 +126,7 @@ torch::Tensor DecoderImpl::aux_loss() const {
   return (torch::stack(fractions).mean(0) * torch::stack(probs).mean(0)).sum() * num_experts;
 }
 
-void load_weights(DecoderImpl& model, const WeightReader& weights) {
+void load_weights(DecoderImpl& model, const WeightReader& weights, const WeightTransform& transform) {
   const ModelConfig& c = model.config();
   auto params = model.named_parameters(/*recurse=*/true);
   std::set<std::string> used;
@@ -136,7 +136,7 @@ void load_weights(DecoderImpl& model, const WeightReader& weights) {
     MLA_CHECK(weights.contains(w.hf), weights.origin(), ": missing tensor '", w.hf, "'");
     torch::Tensor* param = params.find(w.ours);
     MLA_CHECK(param != nullptr, "internal: model has no parameter '", w.ours, "' for '", w.hf, "'");
-    const torch::Tensor tensor = weights.get(w.hf);
+    const torch::Tensor tensor = transform ? transform(w.hf, weights.get(w.hf)) : weights.get(w.hf);
     MLA_CHECK(tensor.sizes() == param->sizes(), weights.origin(), ": tensor '", w.hf, "' has shape ", tensor.sizes(),
               " but the config implies ", param->sizes());
     param->copy_(tensor);

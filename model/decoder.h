@@ -89,7 +89,11 @@ TORCH_MODULE(Decoder);
 // shaped right, and every tensor in `weights` must be used. Errors name the tensor.
 void load_weights(DecoderImpl& model, const StateDict& weights, const std::string& source);
 // The same from a reader, tensor by tensor (a lazily opened checkpoint is never resident as a whole).
-void load_weights(DecoderImpl& model, const WeightReader& weights);
+// `transform(hf_name, tensor)`, when given, maps each tensor read before it is checked and copied (a
+// tensor-parallel rank takes its slice: parallel::tp_weight_slicer), so only one whole tensor is held
+// at a time.
+using WeightTransform = std::function<torch::Tensor(const std::string& hf_name, const torch::Tensor& tensor)>;
+void load_weights(DecoderImpl& model, const WeightReader& weights, const WeightTransform& transform = {});
 // The model's parameters under their Hugging Face names (for export).
 StateDict export_weights(const DecoderImpl& model);
 

@@ -1,5 +1,7 @@
 #include "parallel/tensor_parallel.h"
 
+#include <map>
+
 #include <algorithm>
 #include <limits>
 #include <sstream>
@@ -213,6 +215,35 @@ ModelConfig tp_rank_config(const ModelConfig& c, int tp) {
   return r;
 }
 
+namespace {
+
+// This rank's slice of one full tensor (see model/weight_names.h for the splits).
+torch::Tensor shard_tensor(const ModelConfig& c, const WeightName& w, const torch::Tensor& t, int tp, int rank) {
+  switch (w.split) {
+    case TpSplit::replicated: return t;
+    case TpSplit::column:
+      // Head-major row blocks (q/k/v, q_b, kv_b) or the intermediate: a contiguous slice keeps whole heads.
+      MLA_CHECK(t.size(0) % tp == 0, "tensor parallel: '", w.hf, "' has ", t.size(0), " rows, not divisible by ", tp);
+      return t.chunk(tp, 0)[rank].contiguous();
+    case TpSplit::row:
+      MLA_CHECK(t.dim() == 2 && t.size(1) % tp == 0, "tensor parallel: '", w.hf, "' ", t.sizes(),
+                ": input features not divisible by ", tp);
+      return t.chunk(tp, 1)[rank].contiguous();
+    case TpSplit::vocab: {
+      const int64_t V = t.size(0), Vp = padded_vocab(V, tp), n = Vp / tp;
+      MLA_CHECK(V == c.vocab_size, "tensor parallel: '", w.hf, "' has ", V, " rows, the config's vocabulary ",
+                c.vocab_size);
+      auto shard = torch::zeros({n, t.size(1)}, t.options());  // padding rows are zeros
+      const int64_t start = rank * n, have = std::clamp<int64_t>(V - start, 0, n);
+      if (have > 0) shard.narrow(0, 0, have).copy_(t.narrow(0, start, have));
+      return shard;
+    }
+  }
+  fail("internal: unknown tensor-parallel split of '", w.hf, "'");
+}
+
+}  // namespace
+
 StateDict shard_state_dict(const ModelConfig& c, const StateDict& full, int tp, int rank) {
   MLA_CHECK(tp >= 1 && rank >= 0 && rank < tp, "shard_state_dict: rank ", rank, " outside [0, ", tp, ")");
   tp_rank_config(c, tp);  // validates
@@ -220,34 +251,21 @@ StateDict shard_state_dict(const ModelConfig& c, const StateDict& full, int tp, 
   for (const WeightName& w : expand_weight_names(c)) {
     auto it = full.find(w.hf);
     MLA_CHECK(it != full.end(), "shard_state_dict: missing tensor '", w.hf, "'");
-    const torch::Tensor& t = it->second;
-    switch (w.split) {
-      case TpSplit::replicated: out[w.hf] = t; break;
-      case TpSplit::column: {
-        // Head-major row blocks (q/k/v, q_b, kv_b) or the intermediate: a contiguous slice keeps whole heads.
-        MLA_CHECK(t.size(0) % tp == 0, "shard_state_dict: '", w.hf, "' has ", t.size(0), " rows, not divisible by ", tp);
-        out[w.hf] = t.chunk(tp, 0)[rank].contiguous();
-        break;
-      }
-      case TpSplit::row: {
-        MLA_CHECK(t.dim() == 2 && t.size(1) % tp == 0, "shard_state_dict: '", w.hf, "' ", t.sizes(),
-                  ": input features not divisible by ", tp);
-        out[w.hf] = t.chunk(tp, 1)[rank].contiguous();
-        break;
-      }
-      case TpSplit::vocab: {
-        const int64_t V = t.size(0), Vp = padded_vocab(V, tp), n = Vp / tp;
-        MLA_CHECK(V == c.vocab_size, "shard_state_dict: '", w.hf, "' has ", V, " rows, the config's vocabulary ",
-                  c.vocab_size);
-        auto shard = torch::zeros({n, t.size(1)}, t.options());  // padding rows are zeros
-        const int64_t start = rank * n, have = std::clamp<int64_t>(V - start, 0, n);
-        if (have > 0) shard.narrow(0, 0, have).copy_(t.narrow(0, start, have));
-        out[w.hf] = shard;
-        break;
-      }
-    }
+    out[w.hf] = shard_tensor(c, w, it->second, tp, rank);
   }
   return out;
+}
+
+WeightTransform tp_weight_slicer(const ModelConfig& c, int tp, int rank) {
+  MLA_CHECK(tp >= 1 && rank >= 0 && rank < tp, "tp_weight_slicer: rank ", rank, " outside [0, ", tp, ")");
+  tp_rank_config(c, tp);  // validates
+  auto table = std::make_shared<std::map<std::string, WeightName>>();
+  for (const WeightName& w : expand_weight_names(c)) (*table)[w.hf] = w;
+  return [c, table, tp, rank](const std::string& hf, const torch::Tensor& t) {
+    const auto it = table->find(hf);
+    MLA_CHECK(it != table->end(), "tensor parallel: '", hf, "' is not in the weight table");
+    return shard_tensor(c, it->second, t, tp, rank);
+  };
 }
 
 GlobalRegion tp_global_region(const ModelConfig& c, TpSplit split, c10::IntArrayRef local_shape, int tp, int rank) {

@@ -43,6 +43,9 @@ ModelConfig tp_rank_config(const ModelConfig& config, int tp);
 // This rank's slice of a full (HF-named) state dict: the input of load_weights() for the rank's model.
 // Every name of the config's table must be present.
 StateDict shard_state_dict(const ModelConfig& config, const StateDict& full, int tp, int rank);
+// The same one tensor at a time, for load_weights(model, reader, transform): each rank reads a lazily
+// mapped checkpoint tensor by tensor and keeps only its slice, so no rank ever holds the whole model.
+WeightTransform tp_weight_slicer(const ModelConfig& config, int tp, int rank);
 
 // Where a TP rank's local tensor (cut as shard_state_dict cuts it) lies in the global, single-device
 // tensor: the global shape, and per dimension the offset and the extent of the local tensor that is real

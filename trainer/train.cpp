@@ -314,16 +314,17 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
 
   // --- 2. models -------------------------------------------------------------------------------------
   const bool tensor_parallel = plan.tp > 1;
-  ModelSource source = load_source(recipe.model.path, recipe.model.tokenizer, "model.path", !tensor_parallel);
+  ModelSource source = load_source(recipe.model.path, recipe.model.tokenizer, "model.path", /*lazy=*/true);
   const ModelConfig& config = source.config;
   validate_against_model(recipe, config.num_attention_heads, config.num_key_value_heads, config.vocab_size,
                          config.is_mla(), groups.world->size());
   // This rank's slice of every column/row/vocab-split tensor (model/weight_names.h), in a model whose
   // config has heads / tp, intermediate / tp and the padded vocabulary / tp; the hooks insert the
-  // Megatron all-reduces (parallel/tensor_parallel.h).
+  // Megatron all-reduces (parallel/tensor_parallel.h). A Hugging Face folder is read tensor by tensor from
+  // its mapping, each rank keeping only its slices: no rank holds the whole model.
   auto tp_model = [&](const ModelSource& s, torch::Dtype dtype) {
     Decoder m(parallel::tp_rank_config(s.config, static_cast<int>(plan.tp)));
-    load_weights(*m, parallel::shard_state_dict(s.config, s.weights, static_cast<int>(plan.tp), groups.tp_rank()), s.path);
+    load_weights(*m, WeightReader(s), parallel::tp_weight_slicer(s.config, static_cast<int>(plan.tp), groups.tp_rank()));
     m->to(device, dtype);
     m->set_tp_hooks(parallel::make_tp_hooks(s.config, *groups.tp));
     return m;
@@ -336,8 +337,8 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
   }
   model->train();
   const LossFunction loss_fn{model.get(), tensor_parallel ? groups.tp.get() : nullptr, config.vocab_size};
-  // Under tensor parallelism the whole checkpoint was loaded to cut this rank's slices: drop it. The
-  // export needs only the config and tokenizer files from the source.
+  // The weights are in the model now (the in-memory formats, GGUF and llama2.c, held them whole): drop
+  // the source's copy and mapping. The export needs only the config and tokenizer files from the source.
   source.weights.clear();
   source.checkpoint.reset();
   Decoder teacher{nullptr};
@@ -347,7 +348,7 @@ TrainSummary run_training(const Recipe& recipe, const TrainOptions& options) {
     std::string teacher_tokenizer = recipe.model.tokenizer;
     if (teacher_tokenizer.empty() && !fs::is_directory(recipe.teacher.path) && !source.tokenizer_files.empty())
       teacher_tokenizer = source.tokenizer_files.front();
-    const ModelSource t = load_source(recipe.teacher.path, teacher_tokenizer, "teacher.path", !tensor_parallel);
+    const ModelSource t = load_source(recipe.teacher.path, teacher_tokenizer, "teacher.path", /*lazy=*/true);
     MLA_CHECK(t.config.vocab_size == config.vocab_size, "teacher.path: the teacher's vocabulary (",
               t.config.vocab_size, ") differs from the model's (", config.vocab_size,
               "): logit distillation needs the same tokens");

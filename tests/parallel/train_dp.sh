@@ -12,6 +12,8 @@
 # EXTRA: recipe overrides for both runs (space separated), e.g. "parallel.zero=1 model.dtype=bf16"; @MODEL@
 # stands for the model's path (e.g. "teacher.path=@MODEL@": self-distillation).
 # ACCUM (environment, default 2): micro-batches per step of the single process (ACCUM / DP per rank).
+# CONVERT (environment): when set, the model is stories260K converted to MLA by `mlaforge convert` with these
+# arguments (a Hugging Face folder: loaded lazily, each TP rank reading only its slices).
 # REFERENCE (environment): when set, the reference is not one process but the same NP-rank run with
 # these overrides added (e.g. "parallel.overlap_grad_reduce=false": overlap must not change a bit).
 #   train_dp.sh MLAFORGE ASSETS_DIR PYTHON [NP [TP [LOSS_TOL [WEIGHT_TOL [EXTRA]]]]]
@@ -36,6 +38,12 @@ if [ ! -f "$MODEL" ] || [ ! -f "$TXT" ]; then
 fi
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+if [ -n "${CONVERT:-}" ]; then
+  read -r -a CONVERT_ARGS <<< "$CONVERT"
+  "$BIN" convert "$MODEL" "$WORK/mla" --tokenizer "$ASSETS/models/stories260K/tok512.model" --calib "$TXT" \
+    "${CONVERT_ARGS[@]}" > "$WORK/convert.log" 2>&1 || { cat "$WORK/convert.log"; echo "FAIL: convert"; exit 1; }
+  MODEL="$WORK/mla"
+fi
 awk 'BEGIN { RS = ""; ORS = "\n\n" } NR <= 16' "$TXT" > "$WORK/eval.txt"
 awk 'BEGIN { RS = ""; ORS = "\n\n" } NR > 16 && NR <= 200' "$TXT" > "$WORK/train.txt"
 cat > "$WORK/dp.yaml" <<YAML
