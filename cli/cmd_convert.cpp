@@ -95,6 +95,11 @@ void register_convert(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--shard-size", o->shard_gb, "largest safetensors shard, GiB")->capture_default_str();
   cmd->add_flag("--no-balance", [o](int64_t) { o->convert.balance_kv = false; }, "skip the BKV key/value balancing");
+  cmd->add_option("--pca-metric", o->convert.pca_metric,
+                  "metric of the joint K/V PCA: balanced (TransMLA's BKV) or attention (key errors weighted by the "
+                  "queries, value errors by o_proj)")
+      ->check(CLI::IsMember({"balanced", "attention"}))
+      ->capture_default_str();
   cmd->add_flag("--json", global_options().json, "machine-readable output");
   cmd->callback([o] {
     run_command([&] {

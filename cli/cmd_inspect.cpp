@@ -5,6 +5,7 @@
 #include "cli/inspect_checkpoint.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
+#include "model/safetensors.h"
 
 namespace mlaforge::cli {
 namespace {
@@ -15,8 +16,17 @@ struct InspectOptions {
 
 nlohmann::json describe(const ModelSource& src) {
   const ModelConfig& c = src.config;
+  // A Hugging Face folder is opened lazily: the sizes come from the safetensors headers, no weight is read.
   int64_t stored = 0;
+  size_t tensors = src.weights.size();
   for (const auto& [name, t] : src.weights) stored += t.numel();
+  if (src.checkpoint) {
+    tensors = 0;
+    for (const auto& name : src.checkpoint->names()) {
+      stored += src.checkpoint->get(name).info->numel();
+      ++tensors;
+    }
+  }
   const int64_t values = c.kv_cache_values_per_token_per_layer();
   nlohmann::json kv;
   for (const auto& [dtype, bytes] : std::vector<std::pair<std::string, int>>{{"float32", 4}, {"bfloat16", 2}, {"fp8", 1}}) {
@@ -38,7 +48,7 @@ nlohmann::json describe(const ModelSource& src) {
       {"rope_scaling", rope_scaling_name(c.rope_scaling.type)},
       {"tie_word_embeddings", c.tie_word_embeddings},
       {"parameters", stored},
-      {"tensors", src.weights.size()},
+      {"tensors", tensors},
       {"kv_cache_values_per_token_per_layer", values},
       {"kv_cache_bytes_per_token", kv},
   };
@@ -118,6 +128,7 @@ void register_inspect(CLI::App& app) {
       }
       LoadOptions load;
       load.tokenizer_path = opts->model.tokenizer;
+      load.lazy_weights = true;
       ModelSource src = load_model_source(opts->model.model, load);
       auto j = describe(src);
       if (global_options().json) {

@@ -184,6 +184,7 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
     lm.joint = torch::zeros({2 * L, 2 * L}, torch::kFloat64);
     lm.max_input_norm = 0;
     if (o.convert.q_lora_rank > 0) lm.input_moment = torch::zeros({D + 1, D + 1}, torch::kFloat64);
+    const bool query_moments = o.convert.pca_metric == "attention";
     for (const DocState& s : calib) {
       auto xn = layer->attn_norm(s.hidden);
       auto kv = torch::cat({layer->attn->wk(xn), layer->attn->wv(xn)}, -1).reshape({-1, 2 * L}).to(torch::kCPU, torch::kFloat64);
@@ -194,6 +195,7 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
         x = torch::cat({x, torch::ones({x.size(0), 1}, x.options())}, 1);
         lm.input_moment += x.t().mm(x);
       }
+      if (query_moments) add_query_moment(lm.query, *layer->attn, c, xn);
     }
 
     // 3. Convert (and make deployable).
@@ -254,6 +256,7 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
       moments.joint.push_back(lm.joint);
       moments.max_input_norm.push_back(lm.max_input_norm);
       if (lm.input_moment.defined()) moments.input_moment.push_back(lm.input_moment);
+      if (lm.query.defined()) moments.query.push_back(lm.query);
     }
     progress.update(i + 1);
   }

@@ -52,6 +52,16 @@ torch::Tensor rotate_pairs(const torch::Tensor& x, const torch::Tensor& cos, con
   return torch::stack({r0, r1}, -1).reshape(shape);
 }
 
+// Symmetric square root of a positive semi-definite matrix, damped relative to its mean eigenvalue so
+// that it is invertible (the PCA metric's inverse maps the latent back).
+torch::Tensor sym_sqrt(const torch::Tensor& m, double damping) {
+  auto sym = (m + m.t()) / 2;
+  const int64_t n = sym.size(0);
+  const double eps = std::max(damping, 1e-9) * (sym.trace().item<double>() / static_cast<double>(n) + 1e-300);
+  auto [ev, vecs] = torch::linalg_eigh(sym + eps * torch::eye(n, sym.options()));
+  return vecs.mm(torch::diag(ev.clamp_min(0).sqrt())).mm(vecs.t());
+}
+
 // The MLP half of a decoder layer (shared by the reference forwards).
 torch::Tensor finish_layer(DecoderLayerImpl& l, const torch::Tensor& x, torch::Tensor attn_out) {
   if (l.attn_post_norm) attn_out = l.attn_post_norm(attn_out);
@@ -131,7 +141,16 @@ void add_input_moment(KVMoments& m, int64_t i, const torch::Tensor& xn) {
 }
 }  // namespace
 
-KVMoments collect_kv_moments(DecoderImpl& model, const std::vector<std::vector<int64_t>>& docs, bool input_moments) {
+void add_query_moment(torch::Tensor& acc, GQAAttentionImpl& attention, const ModelConfig& c, const torch::Tensor& xn) {
+  const int64_t n_kv = c.num_key_value_heads, g = c.group_size(), d = c.head_dim;
+  if (!acc.defined()) acc = torch::zeros({n_kv, d, d}, torch::kFloat64);
+  auto q = attention.wq(xn).reshape({-1, n_kv, g, d}).to(torch::kCPU, torch::kFloat64);  // (T, n_kv, g, d)
+  q = q.permute({1, 0, 2, 3}).reshape({n_kv, -1, d});                                    // (n_kv, T g, d)
+  acc += q.transpose(1, 2).bmm(q);
+}
+
+KVMoments collect_kv_moments(DecoderImpl& model, const std::vector<std::vector<int64_t>>& docs, bool input_moments,
+                             bool query_moments) {
   const ModelConfig& c = model.config();
   check_convertible(c);
   torch::NoGradGuard no_grad;
@@ -145,6 +164,10 @@ KVMoments collect_kv_moments(DecoderImpl& model, const std::vector<std::vector<i
     auto& mx = m.max_input_norm[static_cast<size_t>(i)];
     mx = std::max(mx, xn.to(torch::kFloat64).norm(2, -1).max().item<double>());
     if (input_moments) add_input_moment(m, i, xn);
+    if (query_moments) {
+      if (static_cast<int64_t>(m.query.size()) <= i) m.query.resize(static_cast<size_t>(i) + 1);
+      add_query_moment(m.query[static_cast<size_t>(i)], *l.attn, c, xn);
+    }
   });
   MLA_CHECK(m.tokens > 0, "calibration produced no tokens");
   return m;
@@ -345,6 +368,7 @@ nlohmann::json mla_config_json(const ModelConfig& c, const ConvertOptions& o, co
                               {"mode", "exact (mlaforge engine only): no kv_a_layernorm on the latent"},
                               {"source_model_type", c.model_type},
                               {"freqfold", rr.freqfold},
+                              {"pca_metric", o.pca_metric},
                               {"calibration_tokens", calibration_tokens}};
   return j;
 }
@@ -355,6 +379,7 @@ LayerMoments layer_moments(const KVMoments& m, int64_t i) {
   LayerMoments lm;
   lm.joint = m.joint[k];
   if (k < m.input_moment.size()) lm.input_moment = m.input_moment[k];
+  if (k < m.query.size()) lm.query = m.query[k];
   lm.max_input_norm = k < m.max_input_norm.size() ? m.max_input_norm[k] : 1.0;
   return lm;
 }
@@ -398,24 +423,42 @@ LayerConversion convert_layer(const ModelConfig& c, const ModelConfig& mla, cons
   T.narrow(0, 0, N).narrow(1, 0, L).copy_(Qn);
   T.narrow(0, N, L).narrow(1, L, L).copy_(torch::eye(L, f64));
   auto S2 = T.mm(S).mm(T.t());
-  auto diag = S2.diagonal().clamp_min(0).sqrt();
+  // The PCA runs on y_w = G y, y = [k_nope; v]: G is diagonal (one key scale) for the balanced metric,
+  // block-diagonal square roots of the attention metrics for "attention" (pca_metric above).
+  MLA_CHECK(o.pca_metric == "balanced" || o.pca_metric == "attention", "unknown PCA metric '", o.pca_metric,
+            "' (expected balanced or attention)");
+  auto G = torch::eye(N + L, f64);
+  if (o.pca_metric == "attention") {
+    MLA_CHECK(moments.query.defined() && moments.query.size(0) == n_kv, "layer ", i,
+              ": the attention PCA metric needs the calibration query moments");
+    std::vector<torch::Tensor> mq, gv;
+    for (int64_t j = 0; j < n_kv; ++j) {
+      mq.push_back(moments.query[j] * qscale * qscale);
+      auto Wo_j = Wo.narrow(1, j * g * d, g * d).reshape({Wo.size(0), g, d});  // (D, g, d): the group's heads
+      gv.push_back(torch::einsum("ahi,ahj->ij", {Wo_j, Wo_j}));                // sum_h W_o,h^T W_o,h
+    }
+    G.narrow(0, 0, N).narrow(1, 0, N).copy_(sym_sqrt(Qn.mm(torch::block_diag(mq)).mm(Qn.t()), o.damping));
+    G.narrow(0, N, L).narrow(1, N, L).copy_(sym_sqrt(torch::block_diag(gv), o.damping));
+  }
+  auto Sw = G.mm(S2).mm(G.t());
+  auto diag = Sw.diagonal().clamp_min(0).sqrt();
   double alpha = 1.0;
   if (o.balance_kv && N > 0) {
     const double kn = diag.narrow(0, 0, N).mean().item<double>(), vn = diag.narrow(0, N, L).mean().item<double>();
     if (kn > 0 && vn > 0) alpha = vn / kn;
   }
-  auto scale = torch::ones({N + L}, f64);
-  scale.narrow(0, 0, N).fill_(alpha);
-  auto S3 = scale.unsqueeze(1) * S2 * scale.unsqueeze(0);
+  G.narrow(0, 0, N).mul_(alpha);
+  auto S3 = G.mm(S2).mm(G.t());
   S3 = (S3 + S3.t()) / 2;
   const double eps = o.damping * (S3.trace().item<double>() / static_cast<double>(N + L) + 1e-300);
   auto [ev, vecs] = torch::linalg_eigh(S3 + eps * torch::eye(N + L, f64));
   ev = ev.flip(0);
   auto Pm = vecs.flip(1).narrow(1, 0, R);  // (N + L, R)
 
-  auto Wkv = torch::cat({Wk, Wv}, 0);                           // (2L, D + 1)
-  auto Wdkv = Pm.t().mm(scale.unsqueeze(1) * T.mm(Wkv));        // (R, D + 1)
-  auto Ak = Pm.narrow(0, 0, N) / alpha, Av = Pm.narrow(0, N, L);  // (N, R), (L, R)
+  auto Wkv = torch::cat({Wk, Wv}, 0);                 // (2L, D + 1)
+  auto Wdkv = Pm.t().mm(G.mm(T.mm(Wkv)));             // (R, D + 1): c = P^T G y
+  auto up = torch::linalg_solve(G, Pm, true);         // (N + L, R): y ~ G^-1 P c (least squares in the metric)
+  auto Ak = up.narrow(0, 0, N), Av = up.narrow(0, N, L);  // (N, R), (L, R)
   auto Wkpe = Qpe.mm(Wk);                                       // (r, D + 1)
   std::vector<torch::Tensor> q_rows, kvb_rows;
   for (int64_t h = 0; h < H; ++h) {

@@ -442,6 +442,27 @@ class AtomicFileWriter {
     }
   }
 
+  // Appends `size` bytes read from `in` (from its start), in the kernel where it can (copy_file_range).
+  void copy_from(int in, uint64_t size, const std::string& in_name) {
+    off_t in_offset = 0;
+    while (size > 0) {
+      const ssize_t n = ::copy_file_range(in, &in_offset, fd_, nullptr, std::min<uint64_t>(size, uint64_t{1} << 30), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) break;  // plain copy
+      MLA_CHECK(n > 0, tmp_, ": copying from ", in_name, " failed (", n < 0 ? std::strerror(errno) : "end of file", ")");
+      size -= static_cast<uint64_t>(n);
+    }
+    std::vector<char> buffer(size > 0 ? size_t{8} << 20 : 0);
+    while (size > 0) {
+      const ssize_t n = ::pread(in, buffer.data(), std::min<uint64_t>(size, buffer.size()), in_offset);
+      if (n < 0 && errno == EINTR) continue;
+      MLA_CHECK(n > 0, in_name, ": read failed (", n < 0 ? std::strerror(errno) : "end of file", ")");
+      write(buffer.data(), static_cast<size_t>(n));
+      in_offset += n;
+      size -= static_cast<uint64_t>(n);
+    }
+  }
+
   void commit() {
     MLA_CHECK(::fsync(fd_) == 0, tmp_, ": fsync failed (", std::strerror(errno), ")");
     const int rc = ::close(fd_);
@@ -646,9 +667,17 @@ StreamingShardWriter::StreamingShardWriter(std::string dir, std::string prefix, 
 }
 
 StreamingShardWriter::~StreamingShardWriter() {
+  close_spill();
   if (finished_) return;
   std::error_code ec;
   for (const auto& f : temp_files_) fs::remove(f, ec);
+}
+
+void StreamingShardWriter::close_spill() {
+  if (spill_fd_ < 0) return;
+  ::close(spill_fd_);
+  spill_fd_ = -1;
+  ::unlink(spill_path_.c_str());
 }
 
 void StreamingShardWriter::add(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
@@ -659,9 +688,22 @@ void StreamingShardWriter::add(const std::string& name, DType dtype, const std::
   const uint64_t bytes = checked_nbytes(t, dir_);
   // Greedy, like plan_shards: a tensor that would overflow a non-empty shard starts the next one.
   if (!pending_.empty() && pending_bytes_ + bytes > max_shard_bytes_) flush();
-  Pending p{name, dtype, shape, std::vector<uint8_t>(bytes)};
-  if (bytes > 0) std::memcpy(p.bytes.data(), data, bytes);
-  pending_.push_back(std::move(p));
+  // The data goes to the shard's spill file at once (the header, written first in a safetensors file,
+  // needs every tensor of the shard): memory holds no shard, only the caller's tensor.
+  if (spill_fd_ < 0) {
+    spill_path_ = (fs::path(dir_) / ("." + prefix_ + "-part-" + std::to_string(temp_files_.size() + 1) + ".data")).string();
+    spill_fd_ = ::open(spill_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    MLA_CHECK(spill_fd_ >= 0, spill_path_, ": cannot create (", std::strerror(errno), ")");
+  }
+  const char* p = static_cast<const char*>(data);
+  for (uint64_t left = bytes; left > 0;) {
+    const ssize_t n = ::write(spill_fd_, p, std::min<uint64_t>(left, uint64_t{1} << 30));
+    if (n < 0 && errno == EINTR) continue;
+    MLA_CHECK(n > 0, spill_path_, ": write failed (", std::strerror(errno), ")");
+    p += n;
+    left -= static_cast<uint64_t>(n);
+  }
+  pending_.push_back({name, dtype, shape, bytes});
   pending_bytes_ += bytes;
   total_bytes_ += bytes;
 }
@@ -670,13 +712,26 @@ void StreamingShardWriter::flush() {
   if (pending_.empty()) return;
   const std::string path =
       (fs::path(dir_) / ("." + prefix_ + "-part-" + std::to_string(temp_files_.size() + 1) + ".safetensors")).string();
+  static const char kNoData = 0;  // the header needs shapes and sizes only; the bytes are in the spill file
   std::vector<TensorToWrite> tensors;
+  std::vector<uint64_t> sizes;
   std::vector<std::string> names;
   for (const Pending& p : pending_) {
-    tensors.push_back({p.name, p.dtype, p.shape, p.bytes.data()});
+    tensors.push_back({p.name, p.dtype, p.shape, &kNoData});
+    sizes.push_back(p.bytes);
     names.push_back(p.name);
   }
-  write_safetensors(path, tensors, metadata_);
+  const std::string header = build_header(tensors, sizes, metadata_, path);
+  MLA_CHECK(header.size() <= kMaxSafetensorsHeaderBytes, path, ": header of ", header.size(),
+            " bytes exceeds the 100 MB limit readers accept");
+  uint8_t length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
+  AtomicFileWriter out(path);
+  out.write(length, sizeof(length));
+  out.write(header.data(), header.size());
+  if (spill_fd_ >= 0) out.copy_from(spill_fd_, pending_bytes_, spill_path_);
+  out.commit();
+  close_spill();
   temp_files_.push_back(path);
   shard_names_.push_back(std::move(names));
   pending_.clear();

@@ -129,8 +129,9 @@ ShardedWriteResult write_sharded_safetensors(const std::string& dir, const std::
                                              const std::vector<TensorToWrite>& tensors, uint64_t max_shard_bytes,
                                              const std::map<std::string, std::string>& metadata = {});
 
-// Writes tensors as they are produced, holding at most one shard's worth in memory: what lets a
-// conversion stream a model larger than RAM. Shards are written under temporary names as they fill and
+// Writes tensors as they are produced, holding none of them in memory: each tensor's bytes go to the
+// current shard's spill file at once, and a full shard is written as header + the spill file's bytes
+// (copy_file_range) — what lets a conversion stream a model larger than RAM. Shards are written under temporary names as they fill and
 // renamed to the final <prefix>-0000k-of-0000N layout (or <prefix>.safetensors when one shard suffices)
 // by finish(), which writes the index last; stale files of other layouts are then removed, as in
 // write_sharded_safetensors. Until finish() the folder's previous checkpoint files are untouched.
@@ -152,14 +153,17 @@ class StreamingShardWriter {
     std::string name;
     DType dtype;
     std::vector<int64_t> shape;
-    std::vector<uint8_t> bytes;
+    uint64_t bytes = 0;  // in the spill file, in order
   };
   void flush();
+  void close_spill();  // closes and removes the spill file
 
   std::string dir_, prefix_;
   uint64_t max_shard_bytes_;
   std::map<std::string, std::string> metadata_;
   std::vector<Pending> pending_;
+  std::string spill_path_;  // the current shard's tensor data, copied behind its header by flush()
+  int spill_fd_ = -1;
   uint64_t pending_bytes_ = 0, total_bytes_ = 0;
   std::vector<std::string> temp_files_;                  // written shards, in order
   std::vector<std::vector<std::string>> shard_names_;    // tensor names of each written shard

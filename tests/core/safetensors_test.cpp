@@ -342,6 +342,37 @@ TEST(Safetensors, ShardedWriteSplitsAndCheckpointReadsBack) {
   EXPECT_EQ(SafetensorsCheckpoint::open(dir + "/model.safetensors.index.json").names().size(), 5u);
 }
 
+// The streaming writer (tensor bytes spilled to a file per shard, copied behind the header) writes the
+// same bytes as the in-memory sharded writer, and leaves no temporary or spill file behind.
+TEST(Safetensors, StreamingWriterEqualsShardedWriteByteForByte) {
+  const std::string whole = testing::make_temp_dir("st-whole"), streamed = testing::make_temp_dir("st-streamed");
+  Sample s;
+  s.add("layers.0.w", DType::F32, {10, 10});
+  s.add("layers.0.b", DType::F32, {10});
+  s.add("layers.1.w", DType::BF16, {10, 20});
+  s.add("empty", DType::F32, {0, 3});
+  s.add("big", DType::F32, {200});
+  s.add("tail", DType::I64, {4});
+  const auto& tensors = s.finish();
+  const auto expected = write_sharded_safetensors(whole, "model", tensors, 500, {{"format", "pt"}});
+  StreamingShardWriter writer(streamed, "model", 500, {{"format", "pt"}});
+  for (const TensorToWrite& t : tensors) writer.add(t.name, t.dtype, t.shape, t.data);
+  const auto result = writer.finish();
+  ASSERT_EQ(result.files.size(), expected.files.size());
+  EXPECT_EQ(result.total_bytes, expected.total_bytes);
+  for (size_t i = 0; i < result.files.size(); ++i) {
+    EXPECT_EQ(fs::path(result.files[i]).filename(), fs::path(expected.files[i]).filename());
+    EXPECT_EQ(read_bytes(result.files[i]), read_bytes(expected.files[i])) << result.files[i];
+  }
+  EXPECT_EQ(read_bytes(streamed + "/model.safetensors.index.json"), read_bytes(whole + "/model.safetensors.index.json"));
+  size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(streamed)) {
+    EXPECT_NE(entry.path().filename().string().front(), '.') << "left behind: " << entry.path();
+    ++files;
+  }
+  EXPECT_EQ(files, result.files.size() + 1);  // shards + index
+}
+
 TEST(Safetensors, ShardedWriteThatFitsWritesOneFileAndRemovesStaleShards) {
   const std::string dir = testing::make_temp_dir("st-oneshard");
   Sample s = mixed_sample();

@@ -280,6 +280,52 @@ TEST(ConvertTiny, QueryLoraRank) {
   }
 }
 
+// The attention-weighted PCA metric (ConvertOptions::pca_metric) keeps the full-rank guarantee, and is the
+// balanced metric when both of its metrics are isotropic (o_proj with orthonormal columns, query moments
+// a multiple of the identity): then the converted models compute the same function.
+TEST(ConvertTiny, AttentionPcaMetric) {
+  ModelSource src = tiny_llama();
+  Decoder model = build_model(src);
+  const ModelConfig& c = src.config;
+  const int64_t L = c.num_key_value_heads * c.head_dim;
+  auto calib = random_docs(96, 8, 24, 21);
+  auto tokens = torch::tensor(random_docs(96, 1, 20, 22)[0]).unsqueeze(0);
+  KVMoments m = collect_kv_moments(*model, calib, false, /*query_moments=*/true);
+  ASSERT_EQ(m.query.size(), 2u);
+  EXPECT_EQ(m.query[0].sizes(), (std::vector<int64_t>{2, 8, 8}));
+  torch::NoGradGuard no_grad;
+  ConvertOptions o;
+  o.rope_dim = 4;
+  o.kv_lora_rank = 2 * L - 4;
+  o.pca_metric = "attention";
+  ConvertResult full = convert_to_mla(c, src.weights, m, o);
+  Decoder mla = build_converted(full);
+  const double e_full = max_abs(mla->forward(tokens), partial_rope_forward(*model, full.rotations, tokens));
+  EXPECT_LE(e_full, 1e-4) << "attention metric, full rank vs partial-RoPE";
+
+  // Isotropic metrics: orthogonal o_proj (D = H d = 32), identity query moments.
+  ModelSource iso = src;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    auto& wo = iso.weights["model.layers." + std::to_string(i) + ".self_attn.o_proj.weight"];
+    wo = std::get<0>(torch::linalg_qr(torch::randn({32, 32}, torch::kFloat64))).to(wo.dtype()) * 0.7;
+    m.query[static_cast<size_t>(i)] = torch::eye(8, torch::kFloat64).expand({2, 8, 8}).clone() * 3.0;
+  }
+  o.kv_lora_rank = 12;
+  o.pca_metric = "balanced";
+  Decoder balanced = build_converted(convert_to_mla(c, iso.weights, m, o));
+  o.pca_metric = "attention";
+  Decoder weighted = build_converted(convert_to_mla(c, iso.weights, m, o));
+  const double e_iso = max_abs(weighted->forward(tokens), balanced->forward(tokens));
+  std::printf("attention PCA metric: full rank vs partial-RoPE %.2e; isotropic metrics vs balanced %.2e\n", e_full, e_iso);
+  EXPECT_LE(e_iso, 1e-4);
+  // ... and differs from it when they are not (the real o_proj and query moments).
+  o.pca_metric = "balanced";
+  Decoder b_real = build_converted(convert_to_mla(c, src.weights, collect_kv_moments(*model, calib, false, true), o));
+  o.pca_metric = "attention";
+  Decoder w_real = build_converted(convert_to_mla(c, src.weights, collect_kv_moments(*model, calib, false, true), o));
+  EXPECT_GT(max_abs(w_real->forward(tokens), b_real->forward(tokens)), 1e-3);
+}
+
 TEST(ConvertTiny, HalfSplitRopeOnInterleavedSliceFailsLoudly) {
   ModelSource src = tiny_llama();
   Decoder model = build_model(src);
