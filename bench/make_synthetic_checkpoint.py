@@ -5,6 +5,7 @@ index as `save_pretrained` writes them, and the real Llama-3 tokenizer from ../s
 
     make_synthetic_checkpoint.py --shape llama-3.2-1b --out /tmp/synth-1b
     make_synthetic_checkpoint.py --shape llama-3-8b --out /tmp/synth-8b [--max-shard-gb 5] [--seed 0]
+    make_synthetic_checkpoint.py --shape qwen2.5-7b --out /tmp/q --config-only [--mla 64 512]
 
 Weights are N(0, 0.02) (the configs' initializer_range), RMSNorm weights 1. The values only have to be
 plausible: the benchmark measures time and memory, which do not depend on them.
@@ -87,8 +88,142 @@ CONFIGS = {
     },
 }
 
-# Parameter counts of the real checkpoints (model cards / index total_size / 2), checked below.
-EXPECTED_PARAMS = {"llama-3.2-1b": 1_235_814_400, "llama-3-8b": 8_030_261_248}
+# Config-only shapes (--config-only: the recipes' memory and speed estimates, tests/cli/recipes_validate.sh):
+# the dimensions of the published config.json files of Qwen/Qwen2.5-7B-Instruct,
+# mistralai/Mistral-7B-Instruct-v0.3, mistralai/Mixtral-8x7B-Instruct-v0.1 and google/gemma-2-9b-it, written
+# from their public values (field names as transformers reads them; no file copied). Their base models have
+# the same dimensions.
+CONFIGS.update({
+    "qwen2.5-7b": {
+        "architectures": ["Qwen2ForCausalLM"],
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "hidden_act": "silu",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "max_position_embeddings": 32768,
+        "max_window_layers": 28,
+        "model_type": "qwen2",
+        "num_attention_heads": 28,
+        "num_hidden_layers": 28,
+        "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 131072,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_sliding_window": False,
+        "vocab_size": 152064,
+    },
+    "mistral-7b-v0.3": {
+        "architectures": ["MistralForCausalLM"],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "max_position_embeddings": 32768,
+        "model_type": "mistral",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 1000000.0,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "vocab_size": 32768,
+    },
+    "mixtral-8x7b": {
+        "architectures": ["MixtralForCausalLM"],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "max_position_embeddings": 32768,
+        "model_type": "mixtral",
+        "num_attention_heads": 32,
+        "num_experts_per_tok": 2,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 8,
+        "num_local_experts": 8,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 1000000.0,
+        "router_aux_loss_coef": 0.02,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "vocab_size": 32000,
+    },
+    "gemma-2-9b": {
+        "architectures": ["Gemma2ForCausalLM"],
+        "attention_bias": False,
+        "attn_logit_softcapping": 50.0,
+        "bos_token_id": 2,
+        "eos_token_id": [1, 107],
+        "final_logit_softcapping": 30.0,
+        "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 3584,
+        "intermediate_size": 14336,
+        "max_position_embeddings": 8192,
+        "model_type": "gemma2",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 42,
+        "num_key_value_heads": 8,
+        "pad_token_id": 0,
+        "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 10000.0,
+        "sliding_window": 4096,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "vocab_size": 256000,
+    },
+})
+
+# Parameter counts of the real checkpoints (model cards / index total_size / 2), checked below (weights) and
+# by tests/cli/recipes_validate.sh against mlaforge's own count of each config.
+EXPECTED_PARAMS = {"llama-3.2-1b": 1_235_814_400, "llama-3-8b": 8_030_261_248, "qwen2.5-7b": 7_615_616_512,
+                   "mistral-7b-v0.3": 7_248_023_552, "mixtral-8x7b": 46_702_792_704, "gemma-2-9b": 9_241_705_984}
+
+
+def mla_config(c: dict, rope_dim: int, kv_lora_rank: int) -> dict:
+    """The config.json `mlaforge convert --rope-dim R --kv-lora-rank K` writes for a model of config `c`
+    (convert/transmla.cpp mla_config_json, default options): the shape of the converted student, for
+    estimates without converting real weights."""
+    j = dict(c)
+    H, L = c["num_attention_heads"], c["num_hidden_layers"]
+    d = c.get("head_dim") or c["hidden_size"] // H
+    rank = min(kv_lora_rank, 2 * c["num_key_value_heads"] * d - rope_dim)
+    keep_family = c["model_type"] in ("gemma2", "mixtral")
+    if keep_family:
+        j.pop("head_dim", None)
+        j["mlaforge_attention"] = "mla"
+        if c["model_type"] == "gemma2":
+            j["query_pre_attn_scalar"] = c.get("query_pre_attn_scalar", d)
+    else:
+        for key in ("head_dim", "mlp_bias", "attention_bias", "num_local_experts", "sliding_window",
+                    "use_sliding_window", "max_window_layers", "rope_parameters"):
+            j.pop(key, None)
+        j["model_type"] = "deepseek_v3"
+        j["architectures"] = ["DeepseekV3ForCausalLM"]
+        j["first_k_dense_replace"] = L
+    j["num_key_value_heads"] = H
+    j["kv_lora_rank"] = rank
+    j["q_lora_rank"] = None
+    j["qk_rope_head_dim"] = rope_dim
+    j["qk_nope_head_dim"] = d
+    j["v_head_dim"] = d
+    bias = c["model_type"] == "qwen2" or bool(c.get("attention_bias", False))  # Qwen2 always has q/k/v biases
+    j["attention_bias"] = bias
+    if bias:
+        j["q_lora_rank"] = c["hidden_size"] + 1  # the query-bias anchor
+    j["rope_interleave"] = True
+    j["torch_dtype"] = "float32"
+    j["mlaforge_latent_norm"] = False
+    return j
 
 CHUNK = 1 << 23  # values generated at a time (32 MiB of float32)
 
@@ -199,6 +334,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--assets", default=str(Path(__file__).resolve().parents[2] / "shared" / "assets"))
     ap.add_argument("--force", action="store_true", help="overwrite an existing folder")
+    ap.add_argument("--config-only", action="store_true",
+                    help="write config.json only (every shape; no weights, no tokenizer)")
+    ap.add_argument("--mla", nargs=2, type=int, metavar=("ROPE_DIM", "KV_LORA_RANK"),
+                    help="with --config-only: the config of the model converted with --rope-dim ROPE_DIM "
+                         "--kv-lora-rank KV_LORA_RANK instead of the original")
     args = ap.parse_args()
 
     out = Path(args.out).resolve()
@@ -212,6 +352,16 @@ def main() -> int:
     out.mkdir(parents=True)
 
     config = CONFIGS[args.shape]
+    if args.config_only:
+        if args.mla:
+            config = mla_config(config, *args.mla)
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        print(f"{args.shape}{' (MLA)' if args.mla else ''}: config.json -> {out}")
+        return 0
+    if args.mla:
+        sys.exit("make_synthetic_checkpoint: --mla needs --config-only")
+    if config["model_type"] != "llama":
+        sys.exit(f"make_synthetic_checkpoint: weights are written for llama shapes only; use --config-only for {args.shape}")
     tensors = tensor_list(config)
     params = sum(numel(t[1]) for t in tensors)
     if params != EXPECTED_PARAMS[args.shape]:

@@ -1,5 +1,7 @@
 // mlaforge train RECIPE.yaml [key.path=value ...]: fine-tune a model as the recipe says (trainer/train.h),
-// then print the evaluations (the teacher's, the start's, the end's) and the run's speed.
+// then print the evaluations (the teacher's, the start's, the end's) and the run's speed. A recipe with
+// `stages:` runs its stages in order (trainer/train_stages.h), skipping those a previous job finished;
+// `stages.<name>.<key>=value` overrides one stage.
 #include <cstdio>
 #include <iostream>
 
@@ -9,6 +11,7 @@
 #include "parallel/communicator.h"
 #include "trainer/recipe.h"
 #include "trainer/train.h"
+#include "trainer/train_stages.h"
 
 namespace mlaforge::cli {
 namespace {
@@ -32,20 +35,54 @@ void print_summary(const TrainSummary& s) {
   std::printf("run folder: %s (recipe.yaml, metrics.jsonl, report.json)\n", s.output_dir.c_str());
 }
 
+// A recipe with stages: each stage's resolved recipe is printed before it runs (or is skipped), its
+// summary after; --json prints {"stages": [...]} at the end.
+void run_stages(const std::string& file, const StagedRecipe& staged, bool lead) {
+  const bool json = global_options().json;
+  const size_t count = staged.stages.size();
+  StageRunOptions options;
+  options.on_stage = [&](const RecipeStage& stage, const StageStatus& status) {
+    if (json || !lead) return;
+    std::cout << "\n# " << file << ", stage " << stage.index + 1 << "/" << count << " '" << stage.name << "'";
+    if (status.complete) {
+      std::cout << ": " << status.reason << ": skipped\n" << std::flush;
+      return;
+    }
+    std::cout << ", resolved:\n" << dump_recipe_yaml(stage.recipe) << std::flush;
+  };
+  const std::vector<StageOutcome> outcomes = run_training_stages(staged, options);
+  if (json) {
+    nlohmann::json j = {{"stages", nlohmann::json::array()}};
+    for (const auto& outcome : outcomes) j["stages"].push_back(outcome.to_json());
+    print_json(j);
+    return;
+  }
+  for (const auto& outcome : outcomes) {
+    std::printf("\n== stage '%s'%s\n", outcome.name.c_str(), outcome.skipped ? ": skipped (already complete)" : "");
+    if (outcome.summary) print_summary(*outcome.summary);
+  }
+}
+
 }  // namespace
 
 void register_train(CLI::App& app) {
   auto o = std::make_shared<TrainCommandOptions>();
   auto* cmd = app.add_subcommand("train", "Fine-tune a model as a recipe describes (mlaforge validate --explain lists the keys)");
   cmd->add_option("recipe", o->recipe, "recipe YAML file")->required();
-  cmd->add_option("overrides", o->overrides, "key.path=value overrides (values read as YAML): optim.lr=1e-4");
+  cmd->add_option("overrides", o->overrides, "key.path=value overrides (values read as YAML): optim.lr=1e-4; stages.<name>.key.path=value for one stage");
   cmd->add_flag("--json", global_options().json, "print the final report as JSON");
   cmd->callback([o] {
     run_command([&] {
-      const Recipe recipe = load_recipe(o->recipe, o->overrides);
+      const StagedRecipe staged = load_staged_recipe(o->recipe, o->overrides);
+      const bool lead = parallel::detect_process_env().rank == 0;
+      if (staged.has_stages()) {
+        run_stages(o->recipe, staged, lead);
+        return;
+      }
+      const Recipe& recipe = staged.base;
       // The resolved recipe (every default filled) before anything runs; with --json stdout holds the
       // report only. One process prints it in a parallel job.
-      if (!global_options().json && parallel::detect_process_env().rank == 0)
+      if (!global_options().json && lead)
         std::cout << "# " << o->recipe << ", resolved:\n" << dump_recipe_yaml(recipe) << std::flush;
       const TrainSummary summary = run_training(recipe);
       if (global_options().json) {

@@ -21,6 +21,21 @@
 //      resolved recipe that dump_recipe_yaml writes with the run;
 //   5. validate_recipe checks combinations that need no model and no world size.
 // plan_run then derives the parallel layout and batch sizes for a world size.
+//
+// Multi-stage recipes: an optional top-level list `stages:` makes a recipe a sequence of runs (e.g. a short
+// self-distillation "recover" stage, then SFT on R1 traces). Each item is `name: <[a-z0-9_-]+, unique>`
+// plus any recipe groups; stage k's recipe is the base recipe (everything outside `stages:`, with the
+// command-line overrides) with the stage's mapping read over it by the same schema code (what the stage
+// sets replaces the base's value, a list as a whole; groups merge key by key), then the overrides
+// `stages.<name>.<key.path>=value`, then its derived defaults:
+//   train.output_dir  <base train.output_dir>/<name> unless the stage sets it;
+//   data.cache_dir    the base's (shared: the token cache is keyed by content) unless set;
+//   model.path        stage k > 0: stage k-1's exported model, <its output_dir>/model, unless the stage
+//                     sets model.path itself (the teacher stays the base's: the original model).
+// Every stage is validated on its own (errors say "FILE:LINE:COL: stages[1].teacher.kl_ratio: ..." or
+// "FILE:LINE:COL: stages[1] (sft): ..."); the base need not be a complete run by itself. Every stage but
+// the last must keep train.export_at_end (the next stage starts from the export, and a rerun recognises a
+// finished stage by it). A recipe without `stages:` is one run, exactly as above.
 #include <array>
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -176,14 +191,39 @@ struct Recipe {
   bool operator==(const Recipe&) const = default;
 };
 
+// One stage of a multi-stage recipe, resolved.
+struct RecipeStage {
+  std::string name;
+  int64_t index = 0;                 // position in `stages:`
+  Recipe recipe;                     // resolved and validated, like a single-run recipe
+  bool model_from_previous = false;  // model.path is the previous stage's export (written by the run)
+  std::string where;                 // "FILE:LINE:COL" of the stage's mapping, for messages
+};
+
+// A recipe file: one run (stages empty: `base` is the resolved, validated recipe) or a sequence of stages
+// (`base` is the recipe outside `stages:` with the base overrides, derived defaults filled, NOT validated
+// on its own).
+struct StagedRecipe {
+  Recipe base;
+  std::vector<RecipeStage> stages;
+  bool has_stages() const { return !stages.empty(); }
+};
+
 // --- loading -----------------------------------------------------------------------------------------
-// Reads, overrides, expands, fills and validates a recipe file (steps 1-5 above).
+// Reads, overrides, expands, fills and validates a recipe file (steps 1-5 above). A recipe with stages is
+// refused (it is several runs): use load_staged_recipe.
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
 
 // The same from text. `source` names the text in messages (usually the file path); relative paths resolve
 // against base_dir; `name` is what the default output folder is called (out/<name>).
 Recipe parse_recipe_text(const std::string& yaml, const std::string& source, const std::string& base_dir,
                          const std::vector<std::string>& overrides = {}, const std::string& name = "run");
+
+// Any recipe, with or without stages. Overrides "stages.<name>.<key.path>=value" address one stage (an
+// error without stages or for an unknown name); the others apply to the base.
+StagedRecipe load_staged_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+StagedRecipe parse_staged_recipe_text(const std::string& yaml, const std::string& source, const std::string& base_dir,
+                                      const std::vector<std::string>& overrides = {}, const std::string& name = "run");
 
 // Expands one path value as in step 3 (exposed for the tests and for paths given on the command line).
 // `what` names the value in errors ("model.path").

@@ -152,7 +152,9 @@ std::string explain_recipe_schema() {
      << "- A recipe holds run settings only: model dimensions come from the model's own config.json.\n"
      << "- `batch`: give any two of micro_batch_size, grad_accumulation and global_batch_size (or all three, "
         "consistent); global = micro x accumulation x data-parallel ranks. None given: micro 1, accumulation "
-        "1; only global: micro 1.\n\n"
+        "1; only global: micro 1.\n"
+     << "- A recipe may hold several runs in order (`stages:`, last section), e.g. recovery then SFT; "
+        "`recipes/r1/` has R1-distillation recipes per model and cluster size.\n\n"
      << "This file is the output of `mlaforge validate --explain`.\n";
   const auto& schema = recipe_detail::recipe_schema();
   for (const auto& group : recipe_detail::recipe_groups()) {
@@ -165,6 +167,40 @@ std::string explain_recipe_schema() {
          << " |\n";
     }
   }
+  md << "\n## stages\n\n"
+     << "An optional top-level list that makes one recipe a sequence of runs, e.g. a short self-distillation "
+        "stage that recovers the converted model before SFT on R1 traces:\n\n"
+     << "```yaml\n"
+     << "model: {path: ${MLAFORGE_MODEL}, trainable: all}     # the converted MLA model\n"
+     << "teacher: {path: ${MLAFORGE_TEACHER}, kl_ratio: 0.5}  # the original GQA model\n"
+     << "data: {train: general.jsonl}\n"
+     << "train: {max_steps: 2000, output_dir: runs/r1}\n"
+     << "stages:\n"
+     << "  - name: recover            # required, [a-z0-9_-]+, unique: the stage's folder\n"
+     << "    teacher: {kl_ratio: 1.0}\n"
+     << "    train: {max_steps: 100}\n"
+     << "  - name: sft\n"
+     << "    teacher: {kl_ratio: 0.2}\n"
+     << "    data: {train: r1-traces.parquet, packing: false}\n"
+     << "```\n\n"
+     << "- Each stage's recipe is the recipe outside `stages:` (with the command-line overrides) with the "
+        "stage's groups read over it by the same schema: a key the stage sets replaces the base's value (a list "
+        "as a whole), the other keys are inherited; groups merge key by key. Errors name the stage: "
+        "`r1.yaml:12:21: stages[1].teacher.kl_ratio: must be in [0, 1], got 1.5`, or for whole-recipe checks "
+        "`r1.yaml:10:5: stages[1] (sft): ...`.\n"
+     << "- Derived per stage: `train.output_dir` is `<train.output_dir>/<name>` unless the stage sets it; "
+        "`data.cache_dir` is shared (the base's); `model.path` of every stage after the first is the previous "
+        "stage's exported model, `<its output_dir>/model`, unless the stage sets `model.path` itself. The "
+        "teacher stays the base's (the original model).\n"
+     << "- Every stage is validated on its own (the base need not be a complete run); every stage but the last "
+        "must keep `train.export_at_end: true`.\n"
+     << "- Overrides `key.path=value` apply to the base; `stages.<name>.<key.path>=value` to one stage, after "
+        "its mapping.\n"
+     << "- `mlaforge train` runs the stages in order in every rank (a barrier between them). A stage whose "
+        "`report.json` says complete for the same resolved recipe and whose exported model exists is skipped "
+        "with a log line, so rerunning a killed job resumes where it stopped (inside a stage, "
+        "`checkpoint.resume: auto` does). `mlaforge validate` checks and prints every stage (`--json`: a "
+        "`stages` list); `--estimate` adds each stage's memory per GPU and throughput estimate.\n";
   return md.str();
 }
 

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -28,7 +29,22 @@ struct Origin {
   std::string source;    // file name, or "override 'a.b=v'"
   bool has_marks = true;  // file: prefix messages with LINE:COL
   std::string base_dir;  // relative paths resolve against this
+  // Where the keys sit, for messages: "" for the recipe itself, "stages[1]." inside a stage's mapping,
+  // "stages.sft." in a stage override. The schema lookups use the plain key path.
+  std::string key_prefix;
+  std::set<std::string>* assigned = nullptr;  // when set: receives every key path read
+  bool stages_allowed = false;                // top level: `stages:` is read separately (skipped here)
+  bool stage_mapping = false;                 // a stage's mapping: its `name:` is read separately
 };
+
+// Where an override's values come from: messages name the override, relative paths are the cwd's.
+Origin override_origin(const std::string& text) {
+  Origin origin;
+  origin.source = "override '" + text + "'";
+  origin.has_marks = false;
+  origin.base_dir = fs::current_path().string();
+  return origin;
+}
 
 [[noreturn]] void fail_at(const Origin& origin, const YAML::Mark& mark, const std::string& key,
                           const std::string& message) {
@@ -36,7 +52,11 @@ struct Origin {
   out << origin.source;
   if (origin.has_marks && !mark.is_null()) out << ":" << mark.line + 1 << ":" << mark.column + 1;
   out << ": ";
-  if (!key.empty()) out << key << ": ";
+  if (!key.empty()) {
+    out << origin.key_prefix << key << ": ";
+  } else if (!origin.key_prefix.empty()) {
+    out << origin.key_prefix.substr(0, origin.key_prefix.size() - 1) << ": ";
+  }
   out << message;
   throw Error(out.str());
 }
@@ -254,9 +274,11 @@ struct FieldReader {
 
   std::string path(const std::string& value, const YAML::Mark& mark) const {
     try {
-      return expand_recipe_path(value, origin.base_dir, spec.path);
+      return expand_recipe_path(value, origin.base_dir, origin.key_prefix + spec.path);
     } catch (const Error& e) {
-      fail_at(origin, mark, "", e.what());  // the message already names the key
+      Origin located = origin;
+      located.key_prefix.clear();  // the message already names the key, prefix included
+      fail_at(located, mark, "", e.what());
     }
   }
   std::string path(const YAML::Node& node) const { return path(scalar(node, "a path"), node.Mark()); }
@@ -302,6 +324,7 @@ struct FieldReader {
   }
 
   void read(const YAML::Node& node, Recipe& recipe) const {
+    if (origin.assigned) origin.assigned->insert(spec.path);
     switch (spec.kind) {
       case FieldKind::boolean: spec.get<bool>(recipe) = boolean(node); return;
       case FieldKind::integer: spec.get<int64_t>(recipe) = integer(node); return;
@@ -351,6 +374,8 @@ void read_table(const YAML::Node& map, const std::string& table, Recipe& recipe,
     const std::string name = key.Scalar();
     const std::string path = table.empty() ? name : table + "." + name;
     if (!seen.insert(name).second) fail_at(origin, key.Mark(), path, "duplicate key");
+    if (table.empty() && name == "stages" && origin.stages_allowed) continue;  // read by StageReader
+    if (table.empty() && name == "name" && origin.stage_mapping) continue;
     if (const FieldSpec* spec = recipe_detail::find_field_spec(path)) {
       FieldReader{*spec, origin, key.Mark()}.read(entry.second, recipe);
     } else if (is_table(path)) {
@@ -366,12 +391,21 @@ void read_table(const YAML::Node& map, const std::string& table, Recipe& recipe,
   }
 }
 
-void apply_override(const std::string& text, Recipe& recipe) {
-  Origin origin{"override '" + text + "'", false, fs::current_path().string()};
+// "a.b=value" -> (a.b, value); the origin names the whole override.
+std::pair<std::string, std::string> split_override(const std::string& text) {
   const size_t eq = text.find('=');
-  if (eq == std::string::npos) fail_at(origin, YAML::Mark::null_mark(), "", "expected key.path=value");
-  const std::string path = trimmed(text.substr(0, eq));
-  const std::string raw = text.substr(eq + 1);
+  if (eq == std::string::npos) {
+    fail_at(override_origin(text), YAML::Mark::null_mark(), "", "expected key.path=value");
+  }
+  return {trimmed(text.substr(0, eq)), text.substr(eq + 1)};
+}
+
+// Applies `path`=`raw` (already split from the override `text`); `key_prefix` places it in messages.
+void apply_override_at(const std::string& text, const std::string& key_prefix, const std::string& path,
+                       const std::string& raw, Recipe& recipe, std::set<std::string>* assigned) {
+  Origin origin = override_origin(text);
+  origin.key_prefix = key_prefix;
+  origin.assigned = assigned;
   const FieldSpec* spec = recipe_detail::find_field_spec(path);
   if (!spec) {
     if (is_table(path)) {
@@ -456,9 +490,126 @@ std::string expand_recipe_path(const std::string& value, const std::string& base
   return p.lexically_normal().string();
 }
 
-Recipe parse_recipe_text(const std::string& yaml, const std::string& source, const std::string& base_dir,
-                         const std::vector<std::string>& overrides, const std::string& name) {
-  Origin origin{source, true, base_dir.empty() ? fs::current_path().string() : fs::absolute(base_dir).string()};
+namespace {
+
+const std::regex& stage_name_rule() {
+  static const std::regex rule("[a-z0-9_-]+");
+  return rule;
+}
+
+// One stage of a `stages:` list: its mapping merged over the base recipe, its overrides, its derived
+// defaults (step 4 per stage), validated.
+struct StageReader {
+  const Origin& file;        // the recipe file
+  const Recipe& base;        // as written + base overrides, derived defaults NOT filled
+  const Recipe& base_filled;  // the same with them filled (its output_dir and cache_dir are the stages')
+
+  RecipeStage read(const YAML::Node& item, size_t index, const std::vector<RecipeStage>& before,
+                   const std::vector<std::pair<std::string, std::string>>& overrides) const {
+    const std::string label = "stages[" + std::to_string(index) + "]";
+    Origin origin = file;
+    origin.key_prefix = label + ".";
+    origin.stages_allowed = false;
+    std::set<std::string> assigned;
+    origin.assigned = &assigned;
+    if (!item.IsMap()) {
+      fail_at(file, item.Mark(), label,
+              "expected a mapping (name: ..., then any recipe groups: teacher:, train:, ...), got " + describe_node(item));
+    }
+    RecipeStage stage;
+    stage.index = static_cast<int64_t>(index);
+    stage.recipe = base;
+    // The name first, so that every later message can say which stage it is about.
+    YAML::Mark name_mark = item.Mark();
+    for (const auto& entry : item) {
+      if (!entry.first.IsScalar() || entry.first.Scalar() != "name") continue;
+      name_mark = entry.second.Mark().is_null() ? entry.first.Mark() : entry.second.Mark();
+      if (!entry.second.IsScalar() || entry.second.Scalar().empty()) {
+        fail_at(origin, name_mark, "name", "expected a stage name ([a-z0-9_-]+), got " + describe_node(entry.second));
+      }
+      stage.name = entry.second.Scalar();
+    }
+    if (stage.name.empty()) fail_at(file, item.Mark(), label, "name: not set: every stage needs a name ([a-z0-9_-]+)");
+    if (!std::regex_match(stage.name, stage_name_rule())) {
+      fail_at(origin, name_mark, "name",
+              "'" + stage.name + "' is not a valid stage name (lower-case letters, digits, '_' and '-' only: it "
+              "names the stage's folder)");
+    }
+    for (const auto& other : before) {
+      if (other.name == stage.name) {
+        fail_at(origin, name_mark, "name", "'" + stage.name + "' is also the name of stages[" + std::to_string(other.index) + "]");
+      }
+    }
+    // The rest is recipe groups, read over the base: what the stage sets replaces, the rest is inherited
+    // (a list replaces the whole list; a group merges key by key).
+    for (const auto& entry : item) {
+      const std::string key = entry.first.IsScalar() ? entry.first.Scalar() : std::string();
+      if (key == "stages") fail_at(origin, entry.first.Mark(), key, "a stage cannot contain stages");
+      if (key.size() >= 3 && key != "name" && !is_table(key) && edit_distance(key, "name") <= 2) {
+        fail_at(origin, entry.first.Mark(), key, "unknown key; did you mean name?");
+      }
+    }
+    origin.stage_mapping = true;
+    read_table(item, "", stage.recipe, origin);
+    for (const auto& [text, rest] : overrides) {
+      const auto [path, raw] = split_override(rest);
+      apply_override_at(text, "stages." + stage.name + ".", path, raw, stage.recipe, &assigned);
+    }
+    Recipe& r = stage.recipe;
+    // Derived defaults: the stage's own folder under the base's; the data cache shared (it is keyed by
+    // content); stage k > 0 starts from stage k-1's exported model unless it names a model itself.
+    if (!assigned.count("train.output_dir")) {
+      r.train.output_dir = (fs::path(base_filled.train.output_dir) / stage.name).lexically_normal().string();
+    }
+    if (r.data.cache_dir.empty()) r.data.cache_dir = base_filled.data.cache_dir;
+    if (!r.data.seed) r.data.seed = r.train.seed;
+    if (!before.empty() && !assigned.count("model.path")) {
+      r.model.path = (fs::path(before.back().recipe.train.output_dir) / "model").lexically_normal().string();
+      stage.model_from_previous = true;
+    }
+    const std::string where = label + " (" + stage.name + ")";
+    try {
+      validate_recipe(r);
+    } catch (const Error& e) {
+      fail_at(file, item.Mark(), "", where + ": " + e.what());
+    }
+    for (const auto& other : before) {
+      if (other.recipe.train.output_dir == r.train.output_dir) {
+        fail_at(file, item.Mark(), "", where + ": train.output_dir " + r.train.output_dir + " is also stage " +
+                                           other.name + "'s: every stage needs its own folder");
+      }
+    }
+    stage.where = file.source + (item.Mark().is_null() ? "" : ":" + std::to_string(item.Mark().line + 1) + ":" +
+                                                              std::to_string(item.Mark().column + 1));
+    return stage;
+  }
+};
+
+// Splits the command-line overrides: "stages.<name>.<key>=v" address one stage, the rest the base.
+struct SplitOverrides {
+  std::vector<std::string> base;
+  std::vector<std::pair<std::string, std::string>> staged;  // (whole text, "<name>.<key>=v")
+};
+SplitOverrides split_overrides(const std::vector<std::string>& overrides) {
+  SplitOverrides out;
+  for (const auto& o : overrides) {
+    if (o.rfind("stages.", 0) == 0) {
+      out.staged.emplace_back(o, o.substr(7));
+    } else {
+      out.base.push_back(o);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+StagedRecipe parse_staged_recipe_text(const std::string& yaml, const std::string& source, const std::string& base_dir,
+                                      const std::vector<std::string>& overrides, const std::string& name) {
+  Origin origin;
+  origin.source = source;
+  origin.base_dir = base_dir.empty() ? fs::current_path().string() : fs::absolute(base_dir).string();
+  origin.stages_allowed = true;
   YAML::Node root;
   try {
     root = YAML::Load(yaml);
@@ -467,27 +618,97 @@ Recipe parse_recipe_text(const std::string& yaml, const std::string& source, con
   } catch (const YAML::Exception& e) {
     fail_at(origin, e.mark, "", std::string("invalid YAML: ") + e.what());
   }
-  Recipe recipe;
+  StagedRecipe out;
+  Recipe& recipe = out.base;
+  YAML::Node stages_node;
+  YAML::Mark stages_mark = YAML::Mark::null_mark();
   if (root.IsMap()) {
     try {
       read_table(root, "", recipe, origin);
+      for (const auto& entry : root) {
+        if (entry.first.IsScalar() && entry.first.Scalar() == "stages") {
+          stages_node = entry.second;
+          stages_mark = entry.first.Mark();
+        }
+      }
     } catch (const YAML::Exception& e) {  // a node yaml-cpp refuses to read: still one located error
       fail_at(origin, e.mark, "", std::string("invalid YAML: ") + e.what());
     }
   } else if (!root.IsNull()) {
     fail_at(origin, root.Mark(), "", "a recipe is a mapping of groups (model:, data:, train:, ...), got " + describe_node(root));
   }
-  for (const auto& o : overrides) apply_override(o, recipe);
-  fill_derived_defaults(recipe, name);
-  try {
-    validate_recipe(recipe);
-  } catch (const Error& e) {
-    fail(source, ": ", e.what());
+  const SplitOverrides split = split_overrides(overrides);
+  for (const auto& o : split.base) {
+    const auto [path, raw] = split_override(o);
+    apply_override_at(o, "", path, raw, recipe, nullptr);
   }
-  return recipe;
+
+  const bool staged = stages_node.IsDefined() && !stages_node.IsNull();
+  if (!staged) {
+    if (!split.staged.empty()) {
+      fail_at(override_origin(split.staged.front().first), YAML::Mark::null_mark(), "",
+              "the recipe has no stages (a stages: list addresses them as stages.<name>.<key>=value)");
+    }
+    fill_derived_defaults(recipe, name);
+    try {
+      validate_recipe(recipe);
+    } catch (const Error& e) {
+      fail(source, ": ", e.what());
+    }
+    return out;
+  }
+
+  // A recipe with stages: the base is what the stages inherit; it need not be a complete run by itself.
+  if (!stages_node.IsSequence() || stages_node.size() == 0) {
+    fail_at(origin, stages_node.Mark().is_null() ? stages_mark : stages_node.Mark(), "stages",
+            "expected a non-empty list of stages (- name: ..., then the groups the stage changes), got " +
+                describe_node(stages_node));
+  }
+  Recipe base_filled = recipe;
+  fill_derived_defaults(base_filled, name);
+  const StageReader reader{origin, recipe, base_filled};
+  for (size_t i = 0; i < stages_node.size(); ++i) {
+    // This stage's overrides: "stages.<its name>.<key>=v". The name is read first to pick them.
+    std::string stage_name;
+    if (stages_node[i].IsMap() && stages_node[i]["name"] && stages_node[i]["name"].IsScalar())
+      stage_name = stages_node[i]["name"].Scalar();
+    std::vector<std::pair<std::string, std::string>> mine;
+    for (const auto& [text, rest] : split.staged) {
+      if (!stage_name.empty() && rest.rfind(stage_name + ".", 0) == 0) mine.emplace_back(text, rest.substr(stage_name.size() + 1));
+    }
+    try {
+      out.stages.push_back(reader.read(stages_node[i], i, out.stages, mine));
+    } catch (const YAML::Exception& e) {
+      fail_at(origin, e.mark, "", std::string("invalid YAML: ") + e.what());
+    }
+  }
+  // Overrides naming no stage.
+  for (const auto& [text, rest] : split.staged) {
+    const size_t dot = rest.find('.'), eq = rest.find('=');
+    const Origin where = override_origin(text);
+    if (dot == std::string::npos || (eq != std::string::npos && eq < dot)) {
+      fail_at(where, YAML::Mark::null_mark(), "", "expected stages.<name>.<key.path>=value");
+    }
+    const std::string stage_name = rest.substr(0, dot);
+    const bool known = std::any_of(out.stages.begin(), out.stages.end(), [&](const RecipeStage& s) { return s.name == stage_name; });
+    std::vector<std::string> names;
+    for (const auto& s : out.stages) names.push_back(s.name);
+    if (!known) fail_at(where, YAML::Mark::null_mark(), "", "no stage is called '" + stage_name + "' (stages: " + join(names, ", ") + ")");
+  }
+  // Every stage but the last hands its exported model on (and the skip-on-rerun check needs it).
+  for (size_t i = 0; i + 1 < out.stages.size(); ++i) {
+    const RecipeStage& s = out.stages[i];
+    if (!s.recipe.train.export_at_end) {
+      fail(s.where, ": stages[", i, "] (", s.name, "): train.export_at_end: false, but every stage "
+           "but the last must export its model: the next stage (", out.stages[i + 1].name, ") ",
+           out.stages[i + 1].model_from_previous ? "starts from it" : "follows it",
+           ", and a rerun recognises a finished stage by its report and exported model");
+    }
+  }
+  return out;
 }
 
-Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+StagedRecipe load_staged_recipe(const std::string& path, const std::vector<std::string>& overrides) {
   std::ifstream in(path, std::ios::binary);
   std::error_code ec;
   if (fs::is_directory(path, ec)) fail(path, ": is a folder, not a recipe file");
@@ -495,7 +716,28 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   std::stringstream text;
   text << in.rdbuf();
   const fs::path file = fs::absolute(path);
-  return parse_recipe_text(text.str(), path, file.parent_path().string(), overrides, file.stem().string());
+  return parse_staged_recipe_text(text.str(), path, file.parent_path().string(), overrides, file.stem().string());
+}
+
+namespace {
+Recipe single_stage(StagedRecipe staged, const std::string& source) {
+  if (!staged.stages.empty()) {
+    std::vector<std::string> names;
+    for (const auto& s : staged.stages) names.push_back(s.name);
+    fail(source, ": the recipe has stages (", join(names, ", "),
+         "): it is several runs, read it with load_staged_recipe (`mlaforge train` runs the stages in order)");
+  }
+  return std::move(staged.base);
+}
+}  // namespace
+
+Recipe parse_recipe_text(const std::string& yaml, const std::string& source, const std::string& base_dir,
+                         const std::vector<std::string>& overrides, const std::string& name) {
+  return single_stage(parse_staged_recipe_text(yaml, source, base_dir, overrides, name), source);
+}
+
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  return single_stage(load_staged_recipe(path, overrides), path);
 }
 
 }  // namespace mlaforge

@@ -4,3 +4,4 @@ target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/trainable.cpp ${
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/checkpoint_store.cpp)
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/train_checkpoint.cpp)
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/checkpoint_export.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/train_stages.cpp)

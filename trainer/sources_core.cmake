@@ -19,3 +19,7 @@ target_sources(mlaforge_core PRIVATE
 )
 # Training checkpoints, the torch-free part: CRC-32C, manifests / retention / resume choice, background writer.
 target_sources(mlaforge_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/checksum.cpp ${CMAKE_CURRENT_LIST_DIR}/checkpoint_manifest.cpp ${CMAKE_CURRENT_LIST_DIR}/checkpoint_async.cpp)
+# Multi-stage runs: completion records (torch-free).
+target_sources(mlaforge_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/stage_record.cpp)
+# Paper estimates of a run's GPU memory and speed (`mlaforge validate --estimate`), torch-free.
+target_sources(mlaforge_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/run_estimate.cpp)

@@ -638,32 +638,43 @@ TEST(Recipe, ExplainDocumentsEveryKey) {
   EXPECT_NE(md.find("\n## checkpoint\n"), std::string::npos);
 }
 
-// Every recipe shipped in recipes/ parses, validates and plans for one process, and recipes/README.md is
+// Every recipe shipped in recipes/ (and its subfolders; each stage of a recipe with stages) parses, validates
+// and plans for its smallest world, and recipes/README.md is
 // exactly the --explain output (regenerate it with `mlaforge validate --explain > recipes/README.md`).
 TEST(Recipe, ShippedRecipesValidate) {
   // The demo recipe names the default model through this variable (scripts/demo.sh exports it).
   ::setenv("MLAFORGE_DEFAULT_MODEL", "/models/default.gguf", 0);
   const fs::path folder = fs::path(testing::source_dir()) / "recipes";
-  std::vector<fs::path> files;
-  for (const auto& entry : fs::directory_iterator(folder)) {
+  std::vector<fs::path> files;  // recipes/ and its subfolders (recipes/r1/...)
+  for (const auto& entry : fs::recursive_directory_iterator(folder)) {
     if (entry.path().extension() == ".yaml" || entry.path().extension() == ".yml") files.push_back(entry.path());
   }
   std::sort(files.begin(), files.end());
   ASSERT_FALSE(files.empty());
   EXPECT_TRUE(std::count(files.begin(), files.end(), folder / "demo-cpu.yaml"));
+  // The runs of a recipe: itself, or each of its stages.
+  auto runs_of = [](const StagedRecipe& staged) {
+    std::vector<Recipe> runs;
+    for (const auto& stage : staged.stages) runs.push_back(stage.recipe);
+    if (runs.empty()) runs.push_back(staged.base);
+    return runs;
+  };
   for (const auto& file : files) {
     SCOPED_TRACE(file.string());
-    Recipe r;
-    ASSERT_NO_THROW(r = load_recipe(file.string())) << error_of([&] { load_recipe(file.string()); });
-    const int64_t world = r.parallel.dp > 0 ? r.parallel.tp * r.parallel.dp : r.parallel.tp;
-    EXPECT_NO_THROW(plan_run(r, world)) << error_of([&] { plan_run(r, world); });
-    EXPECT_EQ(parse_recipe_text(dump_recipe_yaml(r), "dump", "/", {}, "x"), r);
+    StagedRecipe staged;
+    ASSERT_NO_THROW(staged = load_staged_recipe(file.string())) << error_of([&] { load_staged_recipe(file.string()); });
+    for (const Recipe& r : runs_of(staged)) {
+      const int64_t world = r.parallel.dp > 0 ? r.parallel.tp * r.parallel.dp : r.parallel.tp;
+      EXPECT_NO_THROW(plan_run(r, world)) << error_of([&] { plan_run(r, world); });
+      EXPECT_EQ(parse_recipe_text(dump_recipe_yaml(r), "dump", "/", {}, "x"), r);
+    }
   }
-  const Recipe demo = load_recipe((folder / "demo-cpu.yaml").string());
-  EXPECT_EQ(demo.train.device, "cpu");
-  EXPECT_EQ(demo.teacher.path, std::getenv("MLAFORGE_DEFAULT_MODEL"));
-  for (const auto& path : demo.data.train) EXPECT_TRUE(fs::exists(path)) << path;
-  for (const auto& path : demo.data.eval) EXPECT_TRUE(fs::exists(path)) << path;
+  for (const Recipe& demo : runs_of(load_staged_recipe((folder / "demo-cpu.yaml").string()))) {
+    EXPECT_EQ(demo.train.device, "cpu");
+    EXPECT_EQ(demo.teacher.path, std::getenv("MLAFORGE_DEFAULT_MODEL"));
+    for (const auto& path : demo.data.train) EXPECT_TRUE(fs::exists(path)) << path;
+    for (const auto& path : demo.data.eval) EXPECT_TRUE(fs::exists(path)) << path;
+  }
 
   std::ifstream readme(folder / "README.md");
   ASSERT_TRUE(readme) << "recipes/README.md is missing";
