@@ -81,8 +81,10 @@ void register_convert(CLI::App& app) {
   cmd->add_option("--mode", o->mode,
                   "exact: no latent norm (mlaforge engine only, function-preserving at full rank); deployable: "
                   "kv_a_layernorm applied as stock DeepSeek engines do, undone by one anchor latent dimension (+1 KV value); "
-                  "not for gemma2/mixtral, which keep their family with MLA attention (exact only)")
-      ->check(CLI::IsMember({"exact", "deployable"}))
+                  "not for gemma2/mixtral, which keep their family with MLA attention (exact only); portable: no "
+                  "anchor and no biases, for engines that build DeepSeek-V3 without them (vLLM, SGLang), latent norm "
+                  "weight fitted to the calibration latents (approximate: see the evaluation)")
+      ->check(CLI::IsMember({"exact", "deployable", "portable"}))
       ->capture_default_str();
   cmd->add_flag("--one-pass", o->one_pass,
                 "calibrate every layer on the original model's activations (default: sequentially, layer i on the "
@@ -112,12 +114,14 @@ void register_convert(CLI::App& app) {
       MLA_CHECK(src.tokenizer != nullptr, o->model.model, ": no tokenizer found; pass --tokenizer");
       check_convertible(src.config);
       if (o->mode == "deployable") check_deployable(src.config);  // before any calibration work
+      if (o->mode == "portable") check_portable(src.config, o->convert);
       WeightReader weights(src);
 
       PipelineOptions po;
       po.convert = o->convert;
       po.sequential = !o->one_pass;
       po.deployable = o->mode == "deployable";
+      po.portable = o->mode == "portable";
       po.device = parse_device(o->model.device);
       po.out_dir = o->out;
       po.max_shard_bytes = static_cast<uint64_t>(o->shard_gb * (1ull << 30));
@@ -146,7 +150,7 @@ void register_convert(CLI::App& app) {
         }
       }
       if (o->kv_budget > 0) {
-        MLA_CHECK(!po.deployable, "--kv-budget gives every layer its own latent rank, which stock DeepSeek engines "
+        MLA_CHECK(!po.deployable && !po.portable, "--kv-budget gives every layer its own latent rank, which stock DeepSeek engines "
                                   "cannot load: use it with --mode exact");
         po.layer_ranks = plan_kv_budget(src.config, weights, calib, po, o->kv_budget);
         log::info("planned the KV budget (", since(), " s)");

@@ -44,5 +44,6 @@ void register_convert(CLI::App& app);
 void register_validate(CLI::App& app);
 void register_train(CLI::App& app);
 void register_export(CLI::App& app);
+void register_chat(CLI::App& app);
 
 }  // namespace mlaforge::cli

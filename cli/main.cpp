@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   cli::register_inspect(app);
   cli::register_eval(app);
   cli::register_generate(app);
+  cli::register_chat(app);
   cli::register_convert(app);
   cli::register_validate(app);
   cli::register_train(app);

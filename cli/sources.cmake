@@ -7,3 +7,4 @@ target_sources(mlaforge_torch PRIVATE
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/cmd_validate.cpp ${CMAKE_CURRENT_LIST_DIR}/cmd_train.cpp)
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/inspect_checkpoint.cpp)
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/cmd_export.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/cmd_chat.cpp ${CMAKE_CURRENT_LIST_DIR}/chat_support.cpp)

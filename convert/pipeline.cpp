@@ -103,6 +103,8 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
   const auto start = std::chrono::steady_clock::now();
   check_convertible(c);
   if (o.deployable) check_deployable(c);
+  if (o.portable) check_portable(c, o.convert);
+  MLA_CHECK(!(o.deployable && o.portable), "deployable and portable are two different modes");
   torch::NoGradGuard no_grad;
   const int64_t n_layers = c.num_hidden_layers, L = c.num_key_value_heads * c.head_dim, D = c.hidden_size;
   const std::string& origin = reader.origin();
@@ -117,9 +119,10 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
   nlohmann::json config_json = mla_config_json(c, o.convert, o.layer_ranks, calibration_tokens);
   const ModelConfig exact = ModelConfig::from_json(config_json, "converted config");
   ModelConfig final_config = exact;
-  if (o.deployable) {
+  if (o.deployable || o.portable) {
     nlohmann::json j = config_json;
-    mark_deployable(j, 0);
+    if (o.deployable) mark_deployable(j, 0);
+    if (o.portable) mark_portable(j);
     final_config = ModelConfig::from_json(j, "converted config");
   }
 
@@ -210,6 +213,15 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
                                                           o.convert.anchor_factor));
       lc.report.kv_values_after += 1;
     }
+    if (o.portable) {
+      const int64_t R = exact.kv_lora_rank_at(i);
+      auto projection = latent_projection(lc.weights, i, R);
+      torch::Tensor s1, s2;
+      for (const DocState& s : calib)
+        accumulate_latent_norm_fit(projection, layer->attn_norm(s.hidden), final_config.rms_norm_eps, s1, s2);
+      auto weight = torch::where(s2 > 0, s1 / s2.clamp_min(1e-300), torch::ones_like(s1));
+      lc.weights[A + "kv_a_layernorm.weight"] = weight.to(torch::kFloat32);
+    }
     auto original_params = layer->named_parameters();
     DecoderLayer converted = build_layer(final_config, i, [&](const std::string& hf, const std::string& key) {
       if (starts_with(hf, A)) {
@@ -297,6 +309,7 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
     fail(origin, ": unexpected tensor '", name, "' (not part of a ", family_name(c.family), " model with this config)");
   }
   if (o.deployable) mark_deployable(config_json, anchor_max);
+  if (o.portable) mark_portable(config_json);
   config_json["torch_dtype"] = torch_dtype_name(o.out_dtype);
   if (!o.sequential) config_json["mlaforge_conversion"]["calibration"] = "one pass (original model's activations)";
   else config_json["mlaforge_conversion"]["calibration"] = "sequential (layer i on the outputs of converted layers)";

@@ -26,6 +26,9 @@ struct PipelineOptions {
   ConvertOptions convert;
   bool sequential = true;            // false: every layer calibrated on the original model's activations
   bool deployable = false;           // add the latent-norm anchor (make_deployable, per layer)
+  // Portable (vLLM / SGLang): the stock latent norm with its weight fitted to the calibration latents,
+  // no anchor and no bias anywhere (make_portable_config). Approximate: its cost is the evaluation's.
+  bool portable = false;
   std::vector<int64_t> layer_ranks;  // per-layer kv_lora_rank (--kv-budget); empty: uniform
   torch::Device device = torch::kCPU;
   torch::Dtype out_dtype = torch::kFloat32;  // dtype of every written tensor

@@ -428,7 +428,8 @@ LayerConversion convert_layer(const ModelConfig& c, const ModelConfig& mla, cons
   MLA_CHECK(o.pca_metric == "balanced" || o.pca_metric == "attention", "unknown PCA metric '", o.pca_metric,
             "' (expected balanced or attention)");
   auto G = torch::eye(N + L, f64);
-  if (o.pca_metric == "attention") {
+  // At full rank the metric changes nothing but rounding: the plain balanced form is the better conditioned.
+  if (o.pca_metric == "attention" && R < N + L) {
     MLA_CHECK(moments.query.defined() && moments.query.size(0) == n_kv, "layer ", i,
               ": the attention PCA metric needs the calibration query moments");
     std::vector<torch::Tensor> mq, gv;
@@ -646,6 +647,34 @@ void mark_deployable(nlohmann::json& j, double anchor_max) {
   j["mlaforge_conversion"]["mode"] =
       "deployable (stock DeepSeek engines): kv_a_layernorm applied; one anchor latent dimension (kv_a bias up to " +
       std::to_string(anchor_max) + ") makes the per-token RMS constant, so the norm is undone up to rounding";
+}
+
+void check_portable(const ModelConfig& c, const ConvertOptions& o) {
+  check_deployable(c);
+  MLA_CHECK(!c.attention_bias && !c.o_proj_bias, "--mode portable writes no biases (vLLM / SGLang build DeepSeek-V3's "
+            "projections without them), but this model has attention biases: use --mode deployable (transformers) "
+            "or exact");
+  MLA_CHECK(o.q_lora_rank == 0, "--mode portable cannot undo q_a_layernorm without a bias anchor: drop --q-lora-rank");
+}
+
+void mark_portable(nlohmann::json& j) {
+  mark_deployable(j, 0);
+  j["kv_lora_rank"] = j["kv_lora_rank"].get<int64_t>() - 1;  // no anchor dimension
+  j["attention_bias"] = false;
+  j["mlaforge_conversion"]["mode"] =
+      "portable (vLLM / SGLang): kv_a_layernorm applied with its weight fitted to the calibration latents; no "
+      "biases; approximate (see the evaluation)";
+}
+
+void accumulate_latent_norm_fit(const torch::Tensor& projection, const torch::Tensor& normed_input, double eps,
+                                torch::Tensor& s1, torch::Tensor& s2) {
+  auto xn = normed_input.reshape({-1, normed_input.size(-1)}).to(torch::kCPU, torch::kFloat64);
+  xn = torch::cat({xn, torch::ones({xn.size(0), 1}, xn.options())}, 1);
+  auto c = xn.mm(projection.t());                                       // (tokens, R)
+  auto rms = (c.pow(2).mean(-1, true) + eps).sqrt();                    // (tokens, 1)
+  if (!s1.defined()) s1 = torch::zeros({c.size(1)}, torch::kFloat64), s2 = torch::zeros({c.size(1)}, torch::kFloat64);
+  s1 += (c.pow(2) / rms).sum(0);
+  s2 += (c.pow(2) / rms.pow(2)).sum(0);
 }
 
 void make_deployable(DecoderImpl& model, const std::vector<std::vector<int64_t>>& docs, ConvertResult& res,

@@ -77,7 +77,8 @@ struct ConvertOptions {
   // Metric of the joint K_nope/V PCA. "balanced": TransMLA's (one scale for the key part). "attention":
   // each error weighted by what it does to the layer: a key error e by the group's query second moment
   // (score error E[(q.e)^2]), a value error by the group's o_proj columns (|W_o e|^2), then balanced the
-  // same way. Equal to "balanced" when both metrics are isotropic; exact at full rank either way. Needs
+  // same way. Equal to "balanced" when both metrics are isotropic; at full rank (where a metric changes
+  // only the rounding) the balanced form is used, so full rank stays exact. Needs
   // LayerMoments::query. Measured (same KV budget and data): SmolLM2-135M r64+R128 perplexity 26.69 ->
   // 25.66 (original 20.47); stories260K r8+R16 11.64 -> 11.00, r8+R24 8.12 -> 7.78 (original 4.18).
   std::string pca_metric = "attention";
@@ -196,6 +197,18 @@ double add_latent_anchor(StateDict& weights, int64_t layer, int64_t rank, int64_
 // and the config changes (kv_lora_rank + 1, attention_bias, latent norm on). Refuses a config that is not
 // deepseek_v3 (a family-keeping conversion; see check_deployable).
 void mark_deployable(nlohmann::json& config_json, double anchor_max);
+
+// Portable mode (--mode portable): engines that build DeepSeek-V3's projections without biases (vLLM,
+// SGLang) drop the anchor of deployable mode silently, so this form has none: kv_a_layernorm is applied
+// and its weight is fitted per latent dimension, w_i = sum c_i^2 / rms(c) / sum c_i^2 / rms(c)^2 over the
+// calibration latents c (the least-squares w with w_i c_i / rms(c) ~ c_i), so the norm is undone on
+// average; what remains is each token's RMS deviation, measured by the evaluation and recovered by
+// fine-tuning. Refuses models with attention biases and --q-lora-rank (both need an anchor).
+void check_portable(const ModelConfig& config, const ConvertOptions& options);
+void mark_portable(nlohmann::json& config_json);
+// Accumulates one batch of normed attention inputs (..., D) into the fit's sums (R,) each.
+void accumulate_latent_norm_fit(const torch::Tensor& projection, const torch::Tensor& normed_input, double eps,
+                                torch::Tensor& sum_c2_over_rms, torch::Tensor& sum_c2_over_rms2);
 
 // Our own reference forward of an MLA model (naive form, interleaved-pair RoPE written out here), used to
 // check that the engine applies RoPE to the rope slice in the layout the converter wrote it in.

@@ -31,6 +31,31 @@ std::vector<torch::Tensor> KVCache::append(int64_t layer, const std::vector<torc
 
 void KVCache::advance(int64_t tokens) { length_ += tokens; }
 
+void KVCache::truncate(int64_t length) {
+  MLA_CHECK(length >= 0 && length <= length_, "KV cache truncate to ", length, ": only ", length_,
+            " positions are cached");
+  length_ = length;
+}
+
+void KVCache::reserve(int64_t capacity) {
+  if (capacity <= capacity_) return;
+  for (auto& layer : layers_) {
+    for (auto& b : layer) {
+      auto grown = torch::empty({b.size(0), b.size(1), capacity, b.size(3)}, b.options());  // (B, h, cap, w)
+      grown.narrow(2, 0, length_).copy_(b.narrow(2, 0, length_));
+      b = grown;
+    }
+  }
+  capacity_ = capacity;
+}
+
+std::vector<torch::Tensor> KVCache::entries(int64_t layer) const {
+  MLA_CHECK(layer >= 0 && layer < num_layers(), "KV cache has no layer ", layer);
+  std::vector<torch::Tensor> views;
+  for (const auto& b : layers_[static_cast<size_t>(layer)]) views.push_back(b.narrow(2, 0, length_));
+  return views;
+}
+
 int64_t KVCache::allocated_bytes() const {
   int64_t bytes = 0;
   for (const auto& layer : layers_)

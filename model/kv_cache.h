@@ -18,6 +18,16 @@ class KVCache {
   // Called once after every layer has appended the same T new positions.
   void advance(int64_t tokens);
   void reset() { length_ = 0; }
+  // Forgets positions [length, length()): the keys/values before `length` depend only on the tokens
+  // before it (causal attention), so a conversation that shares a prefix with the cached tokens keeps
+  // that prefix and re-feeds only the rest (model/generate.h, DecodeSession).
+  void truncate(int64_t length);
+  // Grows every allocated buffer to hold `capacity` positions, keeping the cached ones (one copy of
+  // the cache); no-op when the capacity is already that large.
+  void reserve(int64_t capacity);
+  // Views over the cached positions [0, length()) of a layer's buffers, (B, h, length, w) each; empty
+  // before the layer's first append. For benchmarks that fill a cache by copying entries.
+  std::vector<torch::Tensor> entries(int64_t layer) const;
 
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }

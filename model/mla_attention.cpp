@@ -149,9 +149,15 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_nope, con
     folded_mask = allowed.expand({allowed.size(0), H, T, S}).reshape({allowed.size(0), 1, H * T, S});  // (B|1, 1, H*T, S)
 
   // Soft-capping: explicit scores (B, 1, H*T, S), capped, masked, softmax; the same scores as SDPA's.
+  // Otherwise SDPA with the whole cached row as the value and the rope columns of the result dropped:
+  // equal query/key/value widths let the fused (flash) kernels run, which read the cache once without
+  // materialising scores. With the value narrowed to c_kv the widths differ and SDPA falls back to its
+  // math path, which first writes a scaled copy of every key -- the whole latent cache, each step
+  // (SmolLM2 converted, 16K context x 8 rows, CPU: 1,151 -> 375-398 ms per decode step; bench/README.md).
   auto ctx_lat = softcap_ ? attention_core(q_all, latent, c_kv, *folded_mask, scale_, softcap_)
-                          : at::scaled_dot_product_attention(q_all, latent, c_kv, folded_mask, 0.0,
-                                                             /*is_causal=*/false, scale_);  // (B, 1, H*T, R)
+                          : at::scaled_dot_product_attention(q_all, latent, latent, folded_mask, 0.0,
+                                                             /*is_causal=*/false, scale_)
+                                .narrow(-1, 0, R);        // (B, 1, H*T, R)
   ctx_lat = ctx_lat.reshape({B, H, T, R});                  // (B, H, T, R); rows were (h, t)
 
   // sum_s p_s (W_UV c_s) == W_UV (sum_s p_s c_s): one small per-head GEMM after attention.

@@ -15,3 +15,4 @@ target_sources(mlaforge_torch PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/import_llama2c.cpp
 )
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/weight_reader.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/chat_session.cpp)

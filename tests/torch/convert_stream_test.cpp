@@ -3,6 +3,8 @@
 // support per-layer latent ranks (--kv-budget, convert/kv_budget.h).
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -182,6 +184,72 @@ TEST(KVBudget, PerLayerRanksRunAndReload) {
   // Deployable exports need one rank for all layers.
   nlohmann::json j = r.conversion.config_json;
   EXPECT_THROW(mark_deployable(j, 1.0), Error);
+}
+
+}  // namespace
+}  // namespace mlaforge
+
+namespace mlaforge {
+namespace {
+
+// --mode portable: no bias anywhere (vLLM / SGLang build DeepSeek-V3 without them), the stock latent norm
+// on with its weight fitted to the calibration latents; transformers' DeepseekV3ForCausalLM runs the folder
+// with our logits, and the fitted norm costs far less than the stock initialisation (weight 1) would.
+TEST(ConvertStream, PortableModeHasNoBiasesAndRunsInTransformers) {
+  const std::string tmp = testing::make_temp_dir("convert_portable");
+  const std::string dir = write_tiny_folder(tmp + "/src");
+  ModelSource src = load(dir, true);
+  auto calib = docs(8, 32, 11), eval = docs(4, 32, 12);
+  PipelineOptions po;
+  po.convert.rope_dim = 8;
+  po.convert.kv_lora_rank = 24;
+  po.progress = false;
+  po.verify_engine = true;
+  const double exact_nll = convert_streaming(src.config, WeightReader(src), calib, eval, po).after.mean_nll;
+  po.portable = true;
+  po.out_dir = tmp + "/out";
+  PipelineResult r = convert_streaming(src.config, WeightReader(src), calib, eval, po);
+  ModelSource full = load(dir, false);
+  write_model_metadata(po.out_dir, r.conversion.config_json, full);
+  const auto cfg = nlohmann::json::parse(std::ifstream(po.out_dir + "/config.json"));
+  EXPECT_EQ(cfg["kv_lora_rank"], 24);
+  EXPECT_EQ(cfg["attention_bias"], false);
+  EXPECT_FALSE(cfg.contains("mlaforge_latent_norm"));  // absent: the stock latent norm is applied
+  ModelSource written = load(po.out_dir, false);
+  EXPECT_TRUE(written.config.latent_norm);
+  for (const auto& [name, t] : written.weights) EXPECT_EQ(name.find(".bias"), std::string::npos) << name;
+
+  // The stock initialisation (norm weight 1) for comparison: the fit must be much closer to exact mode.
+  ModelSource ones = written;
+  for (auto& [name, t] : ones.weights)
+    if (name.find("kv_a_layernorm") != std::string::npos) t = torch::ones_like(t);
+  EvalOptions eo;
+  eo.progress = false;
+  const double ones_nll = evaluate_nll(*build_model(ones), eval, eo).mean_nll;
+  const double portable_nll = evaluate_nll(*build_model(written), eval, eo).mean_nll;
+  std::printf("NLL exact %.4f, portable (fitted latent norm) %.4f (pipeline %.4f), stock norm weight 1: %.4f\n",
+              exact_nll, portable_nll, r.after.mean_nll, ones_nll);
+  EXPECT_NEAR(portable_nll, r.after.mean_nll, 1e-4);
+  EXPECT_LT(portable_nll - exact_nll, 0.6 * (ones_nll - exact_nll));  // measured 0.46 (random tiny model)
+
+  const std::string python = MLAFORGE_PYTHON;
+  if (python.empty()) GTEST_SKIP() << "no MLAFORGE_PYTHON with transformers configured";
+  const auto ids = docs(1, 20, 13)[0];
+  std::ofstream(po.out_dir + "/tokens.json") << nlohmann::json(ids).dump();
+  const std::string cmd = python + " " + testing::source_dir() + "/tests/python/run_hf_causal_lm.py " + po.out_dir +
+                          " " + po.out_dir + "/tokens.json " + tmp + "/logits.json";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const auto j = nlohmann::json::parse(std::ifstream(tmp + "/logits.json"));
+  EXPECT_EQ(j["model_class"], "DeepseekV3ForCausalLM");
+  std::vector<float> flat;
+  for (const auto& row : j["logits"])
+    for (const auto& v : row) flat.push_back(v.get<float>());
+  auto hf = torch::tensor(flat).view({static_cast<int64_t>(ids.size()), -1});
+  torch::NoGradGuard no_grad;
+  auto ours = build_model(written)->forward(torch::tensor(ids, torch::kInt64).unsqueeze(0)).squeeze(0);
+  const double err = (ours.to(torch::kFloat32) - hf).abs().max().item<double>();
+  std::printf("portable export in transformers vs mlaforge: max |logit diff| %.2e\n", err);
+  EXPECT_LE(err, 1e-3);
 }
 
 }  // namespace
