@@ -51,6 +51,7 @@ void run_stages(const std::string& file, const StagedRecipe& staged, bool lead) 
     std::cout << ", resolved:\n" << dump_recipe_yaml(stage.recipe) << std::flush;
   };
   const std::vector<StageOutcome> outcomes = run_training_stages(staged, options);
+  if (!lead) return;  // every rank holds the same outcomes; one prints them
   if (json) {
     nlohmann::json j = {{"stages", nlohmann::json::array()}};
     for (const auto& outcome : outcomes) j["stages"].push_back(outcome.to_json());
@@ -85,6 +86,7 @@ void register_train(CLI::App& app) {
       if (!global_options().json && lead)
         std::cout << "# " << o->recipe << ", resolved:\n" << dump_recipe_yaml(recipe) << std::flush;
       const TrainSummary summary = run_training(recipe);
+      if (!lead) return;  // one process prints the report (the others' is the same)
       if (global_options().json) {
         print_json(summary.to_json());
       } else {

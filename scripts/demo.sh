@@ -1,57 +1,144 @@
 #!/usr/bin/env bash
-# The main job on the embedded default model (SmolLM2-135M-Instruct, a real LLaMA-architecture GQA model:
-# 9 query heads, 3 KV heads): inspect it, measure its perplexity, convert it to MLA with half the KV cache,
-# fine-tune the converted model's up-projections by distilling the original's logits (recipes/demo-cpu.yaml),
-# which writes it as a Hugging Face DeepSeek-V3-format folder, measure again, and generate from the
-# fine-tuned model through the absorbed (latent-cache) decode path.
+# The main job, end to end, on the embedded default model (SmolLM2-135M-Instruct, a real LLaMA-architecture
+# GQA model: 9 query heads, 3 KV heads) on CPU:
+#   1. inspect it and convert it to MLA with half the KV cache, showing the perplexity cost;
+#   2. fine-tune the converted model with 2 MPI ranks (mlarun --nproc-per-node 2, data parallel) through the
+#      two-stage recipe recipes/demo-cpu.yaml: `recover` (self-distillation from the original) then `sft`
+#      (SFT on our small R1-style sample of <think> conversations, through the model's chat template), with
+#      checkpoints along the way;
+#   3. export the last SFT checkpoint as a Hugging Face folder (DeepSeek-V3 format), measure it, and chat with
+#      it and with the original (absorbed, latent-cache decode for the MLA model);
+#   4. print a summary: perplexities, KV cache per token, each stage's steps and time, where everything is.
+# Outputs go to $MLAFORGE_DEMO_OUT (default out/demo); every run starts its training afresh. Needs no Python
+# at run time: the numbers come from the commands' --json output and report.json files, read with awk.
+# MLAFORGE_SKIP_SETUP=1 skips scripts/setup.sh (the build in $MLAFORGE_BUILD must then be complete).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${MLAFORGE_BUILD:-$ROOT/build}"
 OUT="${MLAFORGE_DEMO_OUT:-$ROOT/out/demo}"
-"$ROOT/scripts/setup.sh"
+[ "${MLAFORGE_SKIP_SETUP:-0}" = 1 ] || "$ROOT/scripts/setup.sh"
 MLAFORGE="$BUILD/bin/mlaforge"
+MLARUN="$BUILD/bin/mlarun"
 MODEL="$(cat "$BUILD/default_model.txt")"
 MLA="$OUT/smollm2-mla"
-TUNED="$OUT/train/model"
+RUN="$OUT/train"
+EXPORTED="$OUT/sft-export"
+LOGS="$OUT/logs"
 export MLAFORGE_DEFAULT_MODEL="$MODEL" MLAFORGE_DEMO_OUT="$OUT"
+mkdir -p "$LOGS"
+rm -rf "$RUN" "$EXPORTED"  # a rerun would otherwise skip the finished stages (that is how resuming works)
 
-# Calibration and evaluation texts never overlap. With the shared TinyStories sample next to the
-# checkout, calibrate on paragraphs 200-263 and evaluate on the first 40; otherwise use the two small
-# texts of our own in recipes/data.
+# Calibration, fine-tuning and evaluation texts never overlap. With the shared TinyStories sample next to
+# the checkout: calibrate on paragraphs 201-264, recover on 265-1264, evaluate on the first 40; otherwise
+# use the two small texts of our own in recipes/data. The SFT stage's data is always our R1-style sample.
 STORIES="$ROOT/../shared/assets/text/tinystories_val_part1.txt"
 if [ -f "$STORIES" ]; then
   EVAL=(--text "$STORIES" --max-docs 40 --max-seq-len 256)
   CALIB=(--calib "$STORIES" --calib-skip 200 --calib-docs 64 --eval "$STORIES" --eval-docs 40 --eval-len 256)
-  # Fine-tuning text: paragraphs 265-1264, evaluation: the same first 40 (neither overlaps calibration).
   mkdir -p "$OUT/data"
   awk 'BEGIN { RS = ""; ORS = "\n\n" } NR > 264 && NR <= 1264' "$STORIES" > "$OUT/data/train.txt"
   awk 'BEGIN { RS = ""; ORS = "\n\n" } NR <= 40' "$STORIES" > "$OUT/data/eval.txt"
   TRAIN=(data.train="$OUT/data/train.txt" data.eval="$OUT/data/eval.txt")
+  TEXT_NAME="TinyStories paragraphs 1-40"
 else
   EVAL=(--text "$ROOT/recipes/data/demo_eval.txt" --max-seq-len 256)
   CALIB=(--calib "$ROOT/recipes/data/demo_calib.txt" --eval "$ROOT/recipes/data/demo_eval.txt" --eval-len 256)
   TRAIN=()
+  TEXT_NAME="recipes/data/demo_eval.txt"
 fi
 
+# json_get FILE KEY.PATH: one value of the pretty-printed JSON mlaforge writes (one value per line, two
+# spaces per level; arrays indexed from 0: evals.0.perplexity); "?" when absent. A few lines of awk instead
+# of a JSON tool, so the demo needs nothing beyond the build.
+json_get() {
+  [ -f "$1" ] || { echo "?"; return; }
+  awk -v want="$2" '
+    { line = $0; match(line, /^ */); depth = RLENGTH / 2
+      sub(/^ +/, "", line); sub(/,$/, "", line)
+      if (line ~ /^[]}]/) next
+      if (line ~ /^"[^"]*": /) { key = substr(line, 2, index(line, "\": ") - 2); line = substr(line, index(line, "\": ") + 3) }
+      else if (depth > 0) key = count[depth - 1]++
+      else key = ""
+      path[depth] = key; p = ""
+      for (i = 1; i <= depth; i++) p = p (i > 1 ? "." : "") path[i]
+      if (line == "{" || line == "[") { count[depth] = 0; next }
+      if (p == want) { gsub(/^"|"$/, "", line); print line; found = 1; exit } }
+    END { if (!found) print "?" }' "$1"
+}
+# The last entry of a JSON array: json_last FILE evals perplexity.
+json_last() {
+  local i=0 v last="?"
+  while v="$(json_get "$1" "$2.$i.$3")" && [ "$v" != "?" ]; do last="$v"; i=$((i + 1)); done
+  echo "$last"
+}
+fmt() { case "$1" in ""|"?") echo "?" ;; *) awk -v v="$1" -v f="${2:-%.2f}" 'BEGIN { printf f, v }' ;; esac; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+START=$SECONDS
+
 step "mlaforge inspect (the original GQA model)"
 "$MLAFORGE" inspect "$MODEL"
-step "mlaforge eval (original)"
-"$MLAFORGE" eval "$MODEL" "${EVAL[@]}"
+"$MLAFORGE" inspect "$MODEL" --json > "$LOGS/inspect-original.json" 2>/dev/null
+
 step "mlaforge convert: rope key 64 + latent 128 = 192 values/token/layer instead of 384 (half the KV cache)"
-"$MLAFORGE" convert "$MODEL" "$MLA" --rope-dim 64 --kv-lora-rank 128 "${CALIB[@]}"
+t0=$SECONDS
+"$MLAFORGE" convert "$MODEL" "$MLA" --rope-dim 64 --kv-lora-rank 128 "${CALIB[@]}" | tee "$LOGS/convert.txt"
+CONVERT_S=$((SECONDS - t0))
+"$MLAFORGE" inspect "$MLA" --json > "$LOGS/inspect-mla.json" 2>/dev/null
 step "mlaforge inspect (the converted MLA model)"
 "$MLAFORGE" inspect "$MLA"
-step "mlaforge eval (converted, before fine-tuning)"
-"$MLAFORGE" eval "$MLA" "${EVAL[@]}"
-step "mlaforge train: recover the converted model (MLA up-projections only, distilling the original's logits)"
-"$MLAFORGE" train "$ROOT/recipes/demo-cpu.yaml" "${TRAIN[@]}"
-step "mlaforge eval (fine-tuned MLA model, exported as a DeepSeek-V3-format folder)"
-"$MLAFORGE" eval "$TUNED" "${EVAL[@]}"
-PROMPT="Once upon a time, in a small village by the sea,"
-step "mlaforge generate from the original model (greedy, GQA KV cache)"
-"$MLAFORGE" generate "$MODEL" --prompt "$PROMPT" --max-new-tokens 48
-step "mlaforge generate from the fine-tuned MLA model (greedy, latent KV cache: absorbed decode path)"
-"$MLAFORGE" generate "$TUNED" --prompt "$PROMPT" --max-new-tokens 48
-printf '\nConverted model: %s\nFine-tuned model: %s (run folder %s: recipe.yaml, metrics.jsonl, loss.png, report.json)\n' \
-  "$MLA" "$TUNED" "$OUT/train"
+
+step "mlarun --nproc-per-node 2 -- mlaforge train recipes/demo-cpu.yaml: recover (distil the original), then SFT on R1-style conversations"
+t0=$SECONDS
+"$MLARUN" --nproc-per-node 2 -- "$MLAFORGE" train "$ROOT/recipes/demo-cpu.yaml" "${TRAIN[@]}"
+TRAIN_S=$((SECONDS - t0))
+
+step "mlaforge export: the newest SFT checkpoint as a Hugging Face folder (DeepSeek-V3 format)"
+"$MLAFORGE" export "$RUN/sft" "$EXPORTED"
+
+step "mlaforge eval (exported model, the text the conversion was measured on)"
+"$MLAFORGE" eval "$EXPORTED" "${EVAL[@]}" --json > "$LOGS/eval-final.json"
+echo "perplexity $(fmt "$(json_get "$LOGS/eval-final.json" perplexity)" %.3f) on $(json_get "$LOGS/eval-final.json" tokens) tokens"
+
+PROMPT="Nora has 8 pears and buys 5 more. How many pears does Nora have now?"  # the sample's kind, new numbers
+step "mlaforge generate --chat from the original model (greedy, GQA KV cache)"
+"$MLAFORGE" generate "$MODEL" --chat --prompt "$PROMPT" --max-new-tokens 64
+step "mlaforge generate --chat from the exported model (greedy, latent KV cache: absorbed decode path)"
+"$MLAFORGE" generate "$EXPORTED" --chat --prompt "$PROMPT" --max-new-tokens 64
+
+# --- summary ----------------------------------------------------------------------------------------------
+CONV="$LOGS/convert.txt"
+PPL_ORIG="$(sed -n 's/^perplexity \([0-9.]*\) -> \([0-9.]*\) on .*/\1/p' "$CONV")"
+PPL_MLA="$(sed -n 's/^perplexity \([0-9.]*\) -> \([0-9.]*\) on .*/\2/p' "$CONV")"
+REC="$RUN/recover/report.json"
+SFT="$RUN/sft/report.json"
+kv() {  # kv INSPECT_JSON: "values (bytes bf16)" per token, all layers
+  local layers values bytes
+  layers="$(json_get "$1" layers)"
+  values="$(json_get "$1" kv_cache_values_per_token_per_layer)"
+  bytes="$(json_get "$1" kv_cache_bytes_per_token.bfloat16.total_bytes)"
+  awk -v l="$layers" -v v="$values" -v b="$bytes" 'BEGIN { printf "%d values (%.2f KiB bf16)", l * v, b / 1024 }'
+}
+stage_line() {  # stage_line NAME REPORT
+  printf '  %-8s %3s steps in %5s s (%s tokens/s, world size %s), eval perplexity %s -> %s\n' "$1" \
+    "$(json_get "$2" steps)" "$(fmt "$(json_get "$2" train_seconds)" %.0f)" "$(fmt "$(json_get "$2" tokens_per_second)" %.0f)" \
+    "$(json_get "$2" world_size)" "$(fmt "$(json_get "$2" evals.0.perplexity)")" "$(fmt "$(json_last "$2" evals perplexity)")"
+}
+step "summary"
+{
+  echo "perplexity on $TEXT_NAME (mlaforge eval, 256 tokens per document):"
+  printf '  original GQA %s | converted MLA %s | after recover + SFT %s\n' "$(fmt "$PPL_ORIG")" "$(fmt "$PPL_MLA")" \
+    "$(fmt "$(json_get "$LOGS/eval-final.json" perplexity)")"
+  echo "KV cache per token, all layers: $(kv "$LOGS/inspect-original.json") -> $(kv "$LOGS/inspect-mla.json")"
+  echo "training, 2 MPI ranks (data parallel), loop time only; evaluations as each stage measured them (the original: teacher):"
+  stage_line recover "$REC"
+  printf '  %-8s original %s on the same text\n' "" "$(fmt "$(json_get "$REC" teacher.perplexity)")"
+  stage_line sft "$SFT"
+  printf '  %-8s (held-out R1-style conversations; original %s)\n' "" "$(fmt "$(json_get "$SFT" teacher.perplexity)")"
+  echo "time: convert ${CONVERT_S} s, train (both stages, with evaluations, checkpoints, exports) ${TRAIN_S} s, whole demo $((SECONDS - START)) s"
+  echo "artefacts:"
+  echo "  converted model    $MLA"
+  echo "  run folder         $RUN/{recover,sft}: recipe.yaml, metrics.jsonl, report.json, model/ (each stage's export)"
+  echo "  loss curves        $RUN/recover/loss.png $RUN/sft/loss.png"
+  echo "  checkpoints        $(cd "$RUN" && ls -d recover/step-* sft/step-* 2>/dev/null | tr '\n' ' ')(in $RUN)"
+  echo "  exported model     $EXPORTED"
+} | tee "$OUT/summary.txt"
