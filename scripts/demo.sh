@@ -17,6 +17,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${MLAFORGE_BUILD:-$ROOT/build}"
 OUT="${MLAFORGE_DEMO_OUT:-$ROOT/out/demo}"
 [ "${MLAFORGE_SKIP_SETUP:-0}" = 1 ] || "$ROOT/scripts/setup.sh"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"  # absolute: the recipe resolves relative paths against its own folder
 MLAFORGE="$BUILD/bin/mlaforge"
 MLARUN="$BUILD/bin/mlarun"
 MODEL="$(cat "$BUILD/default_model.txt")"
@@ -95,9 +97,11 @@ TRAIN_S=$((SECONDS - t0))
 step "mlaforge export: the newest SFT checkpoint as a Hugging Face folder (DeepSeek-V3 format)"
 "$MLAFORGE" export "$RUN/sft" "$EXPORTED"
 
-step "mlaforge eval (exported model, the text the conversion was measured on)"
+step "mlaforge eval (after recover, and the exported model after SFT; the text the conversion was measured on)"
+"$MLAFORGE" eval "$RUN/recover/model" "${EVAL[@]}" --json > "$LOGS/eval-recover.json"
 "$MLAFORGE" eval "$EXPORTED" "${EVAL[@]}" --json > "$LOGS/eval-final.json"
-echo "perplexity $(fmt "$(json_get "$LOGS/eval-final.json" perplexity)" %.3f) on $(json_get "$LOGS/eval-final.json" tokens) tokens"
+echo "perplexity after recover $(fmt "$(json_get "$LOGS/eval-recover.json" perplexity)" %.3f)," \
+  "after recover + SFT $(fmt "$(json_get "$LOGS/eval-final.json" perplexity)" %.3f) on $(json_get "$LOGS/eval-final.json" tokens) tokens"
 
 PROMPT="Nora has 8 pears and buys 5 more. How many pears does Nora have now?"  # the sample's kind, new numbers
 step "mlaforge generate --chat from the original model (greedy, GQA KV cache)"
@@ -111,34 +115,33 @@ PPL_ORIG="$(sed -n 's/^perplexity \([0-9.]*\) -> \([0-9.]*\) on .*/\1/p' "$CONV"
 PPL_MLA="$(sed -n 's/^perplexity \([0-9.]*\) -> \([0-9.]*\) on .*/\2/p' "$CONV")"
 REC="$RUN/recover/report.json"
 SFT="$RUN/sft/report.json"
-kv() {  # kv INSPECT_JSON: "values (bytes bf16)" per token, all layers
-  local layers values bytes
-  layers="$(json_get "$1" layers)"
-  values="$(json_get "$1" kv_cache_values_per_token_per_layer)"
-  bytes="$(json_get "$1" kv_cache_bytes_per_token.bfloat16.total_bytes)"
-  awk -v l="$layers" -v v="$values" -v b="$bytes" 'BEGIN { printf "%d values (%.2f KiB bf16)", l * v, b / 1024 }'
-}
-stage_line() {  # stage_line NAME REPORT
-  printf '  %-8s %3s steps in %5s s (%s tokens/s, world size %s), eval perplexity %s -> %s\n' "$1" \
-    "$(json_get "$2" steps)" "$(fmt "$(json_get "$2" train_seconds)" %.0f)" "$(fmt "$(json_get "$2" tokens_per_second)" %.0f)" \
-    "$(json_get "$2" world_size)" "$(fmt "$(json_get "$2" evals.0.perplexity)")" "$(fmt "$(json_last "$2" evals perplexity)")"
+kv_values() { awk -v l="$(json_get "$1" layers)" -v v="$(json_get "$1" kv_cache_values_per_token_per_layer)" 'BEGIN { print l * v }'; }
+kv_kib() { fmt "$(awk -v b="$(json_get "$1" kv_cache_bytes_per_token.bfloat16.total_bytes)" 'BEGIN { print b / 1024 }')"; }
+stage_row() {  # stage_row NAME REPORT WHAT_THE_EVAL_IS
+  printf '%-9s %5s %9s s %8s %5s %10s -> %-6s %8s   %s\n' "$1" "$(json_get "$2" steps)" \
+    "$(fmt "$(json_get "$2" train_seconds)" %.0f)" "$(fmt "$(json_get "$2" tokens_per_second)" %.0f)" \
+    "$(json_get "$2" world_size)" "$(fmt "$(json_get "$2" evals.0.perplexity)")" \
+    "$(fmt "$(json_last "$2" evals perplexity)")" "$(fmt "$(json_get "$2" teacher.perplexity)")" "$3"
 }
 step "summary"
 {
-  echo "perplexity on $TEXT_NAME (mlaforge eval, 256 tokens per document):"
-  printf '  original GQA %s | converted MLA %s | after recover + SFT %s\n' "$(fmt "$PPL_ORIG")" "$(fmt "$PPL_MLA")" \
-    "$(fmt "$(json_get "$LOGS/eval-final.json" perplexity)")"
-  echo "KV cache per token, all layers: $(kv "$LOGS/inspect-original.json") -> $(kv "$LOGS/inspect-mla.json")"
-  echo "training, 2 MPI ranks (data parallel), loop time only; evaluations as each stage measured them (the original: teacher):"
-  stage_line recover "$REC"
-  printf '  %-8s original %s on the same text\n' "" "$(fmt "$(json_get "$REC" teacher.perplexity)")"
-  stage_line sft "$SFT"
-  printf '  %-8s (held-out R1-style conversations; original %s)\n' "" "$(fmt "$(json_get "$SFT" teacher.perplexity)")"
-  echo "time: convert ${CONVERT_S} s, train (both stages, with evaluations, checkpoints, exports) ${TRAIN_S} s, whole demo $((SECONDS - START)) s"
-  echo "artefacts:"
-  echo "  converted model    $MLA"
-  echo "  run folder         $RUN/{recover,sft}: recipe.yaml, metrics.jsonl, report.json, model/ (each stage's export)"
-  echo "  loss curves        $RUN/recover/loss.png $RUN/sft/loss.png"
-  echo "  checkpoints        $(cd "$RUN" && ls -d recover/step-* sft/step-* 2>/dev/null | tr '\n' ' ')(in $RUN)"
-  echo "  exported model     $EXPORTED"
+  printf '%-34s %12s %14s %14s %20s\n' "" "original GQA" "converted MLA" "after recover" "after recover + SFT"
+  printf '%-34s %12s %14s %14s %20s\n' "perplexity (mlaforge eval)" "$(fmt "$PPL_ORIG")" "$(fmt "$PPL_MLA")" \
+    "$(fmt "$(json_get "$LOGS/eval-recover.json" perplexity)")" "$(fmt "$(json_get "$LOGS/eval-final.json" perplexity)")"
+  printf '%-34s %12s %14s\n' "KV cache values per token" "$(kv_values "$LOGS/inspect-original.json")" \
+    "$(kv_values "$LOGS/inspect-mla.json")"
+  printf '%-34s %12s %14s\n' "KV cache KiB per token (bf16)" "$(kv_kib "$LOGS/inspect-original.json")" \
+    "$(kv_kib "$LOGS/inspect-mla.json")"
+  echo "(perplexity on $TEXT_NAME, 256 tokens per document; KV cache over all $(json_get "$LOGS/inspect-original.json" layers) layers)"
+  echo
+  printf '%-9s %5s %11s %8s %5s %20s %8s   %s\n' stage steps "loop time" tokens/s ranks "eval ppl start/end" original "eval data"
+  stage_row recover "$REC" "the text above, packed"
+  stage_row sft "$SFT" "8 held-out R1-style conversations"
+  echo
+  echo "time: convert ${CONVERT_S} s, training ${TRAIN_S} s (both stages with evaluations, checkpoints, exports), whole demo $((SECONDS - START)) s"
+  echo "converted model   $MLA"
+  echo "run folder        $RUN/{recover,sft}: recipe.yaml, metrics.jsonl, report.json, model/ (the stage's export)"
+  echo "loss curves       $RUN/recover/loss.png, $RUN/sft/loss.png"
+  echo "checkpoints       $(cd "$RUN" && echo recover/step-* sft/step-*) (in $RUN)"
+  echo "exported model    $EXPORTED (mlaforge export of the newest sft checkpoint)"
 } | tee "$OUT/summary.txt"
