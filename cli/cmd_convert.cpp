@@ -102,6 +102,13 @@ void register_convert(CLI::App& app) {
                   "queries, value errors by o_proj)")
       ->check(CLI::IsMember({"balanced", "attention"}))
       ->capture_default_str();
+  cmd->add_flag("--no-refit", [o](int64_t) { o->convert.refit_values = false; },
+                "skip the output-aware least-squares refit of the value up-projection (below full rank)");
+  cmd->add_option("--rope-select", o->convert.rope_select,
+                  "which key components keep RoPE: query (by score energy: key statistics weighted by the matching "
+                  "query statistics) or key (by key energy alone: TransMLA's RoRoPE)")
+      ->check(CLI::IsMember({"query", "key"}))
+      ->capture_default_str();
   cmd->add_flag("--json", global_options().json, "machine-readable output");
   cmd->callback([o] {
     run_command([&] {
@@ -188,7 +195,9 @@ void register_convert(CLI::App& app) {
                           {"kv_values_after", l.kv_values_after},
                           {"rope_energy", l.rope_energy},
                           {"pca_energy", l.pca_energy},
-                          {"kv_balance", l.kv_balance}});
+                          {"kv_balance", l.kv_balance},
+                          {"value_error_before", l.value_error_before},
+                          {"value_error_after", l.value_error_after}});
       }
       j["layers"] = layers;
       j["kv_values_per_token_before"] = before;
@@ -216,12 +225,13 @@ void register_convert(CLI::App& app) {
       std::printf("kv_lora_rank %lld, rope dim %lld, freqfold %lld, %lld calibration tokens\n",
                   static_cast<long long>(res.config.kv_lora_rank), static_cast<long long>(res.config.qk_rope_head_dim),
                   static_cast<long long>(j["freqfold"].get<int64_t>()), static_cast<long long>(calibration_tokens));
-      std::printf("%5s %10s %10s %12s %12s %8s\n", "layer", "KV before", "KV after", "RoPE energy", "PCA energy",
-                  "balance");
+      std::printf("%5s %10s %10s %12s %12s %8s %17s\n", "layer", "KV before", "KV after", "RoPE energy", "PCA energy",
+                  "balance", "value err refit");
       for (size_t i = 0; i < res.layers.size(); ++i) {
         const auto& l = res.layers[i];
-        std::printf("%5zu %10lld %10lld %11.2f%% %11.2f%% %8.3f\n", i, static_cast<long long>(l.kv_values_before),
-                    static_cast<long long>(l.kv_values_after), 100 * l.rope_energy, 100 * l.pca_energy, l.kv_balance);
+        std::printf("%5zu %10lld %10lld %11.2f%% %11.2f%% %8.3f %7.4f->%.4f\n", i,
+                    static_cast<long long>(l.kv_values_before), static_cast<long long>(l.kv_values_after),
+                    100 * l.rope_energy, 100 * l.pca_energy, l.kv_balance, l.value_error_before, l.value_error_after);
       }
       std::printf("total KV values/token %lld -> %lld (%s -> %s per token in bf16)\n", static_cast<long long>(before),
                   static_cast<long long>(after), human_bytes(2.0 * before).c_str(), human_bytes(2.0 * after).c_str());

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <set>
 
+#include "convert/value_refit.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/progress.h"
@@ -187,7 +188,7 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
     lm.joint = torch::zeros({2 * L, 2 * L}, torch::kFloat64);
     lm.max_input_norm = 0;
     if (o.convert.q_lora_rank > 0) lm.input_moment = torch::zeros({D + 1, D + 1}, torch::kFloat64);
-    const bool query_moments = o.convert.pca_metric == "attention";
+    const bool query_moments = needs_query_moments(o.convert);
     for (const DocState& s : calib) {
       auto xn = layer->attn_norm(s.hidden);
       auto kv = torch::cat({layer->attn->wk(xn), layer->attn->wv(xn)}, -1).reshape({-1, 2 * L}).to(torch::kCPU, torch::kFloat64);
@@ -233,6 +234,27 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
       MLA_CHECK(p != nullptr, "internal: original layer has no parameter '", key, "'");
       return *p;
     }, o.device, "converted model");
+
+    // 3b. Output-aware value refit (below full rank): W_UV^h fitted to the original heads' outputs.
+    const int64_t rank = exact.kv_lora_rank_at(i), full_rank = 2 * L - exact.qk_rope_head_dim;
+    if (o.convert.refit_values && rank < full_rank && !calib.empty()) {
+      ValueRefitMoments vm;
+      for (const DocState& s : calib) {
+        auto xn = layer->attn_norm(s.hidden);
+        vm.add(converted->mla_attn->latent_context(xn, s.mla_ctx), layer->attn->head_outputs(xn, s.original_ctx, nullptr));
+      }
+      auto& kvb = converted->mla_attn->wkv_b->weight;  // (H * (nope + v), R'): per head nope rows, value rows
+      const int64_t H = final_config.num_attention_heads, nope = final_config.qk_nope_head_dim,
+                    vd = final_config.v_head_dim, Rw = kvb.size(1);
+      auto w = kvb.detach().to(torch::kCPU, torch::kFloat64).view({H, nope + vd, Rw});
+      ValueRefit fit = refit_values(vm, w.narrow(1, nope, vd).contiguous());
+      w.narrow(1, nope, vd).copy_(fit.w_uv);
+      auto refitted = w.reshape({H * (nope + vd), Rw}).to(torch::kFloat32);
+      lc.weights[A + "kv_b_proj.weight"] = refitted;
+      kvb.copy_(refitted.to(kvb.device(), kvb.scalar_type()));
+      lc.report.value_error_before = fit.error_before;
+      lc.report.value_error_after = fit.error_after;
+    }
 
     if (o.verify_engine && !calib.empty()) {
       auto xn = converted->attn_norm(calib.front().hidden);

@@ -90,6 +90,8 @@ void check_convertible(const ModelConfig& c) {
             "' is not supported by the converter (its frequencies depend on the rotary dimension)");
 }
 
+bool needs_query_moments(const ConvertOptions& o) { return o.pca_metric == "attention" || o.rope_select == "query"; }
+
 bool conversion_keeps_family(const ModelConfig& c) { return c.family == Family::gemma2 || c.family == Family::mixtral; }
 
 void check_deployable(const ModelConfig& c) {
@@ -173,7 +175,8 @@ KVMoments collect_kv_moments(DecoderImpl& model, const std::vector<std::vector<i
   return m;
 }
 
-KeyRotation key_rotation(const torch::Tensor& S, int64_t n_kv, int64_t d, int64_t P, int64_t F, double damping) {
+KeyRotation key_rotation(const torch::Tensor& S, int64_t n_kv, int64_t d, int64_t P, int64_t F, double damping,
+                         const torch::Tensor& query_moment) {
   const int64_t half = d / 2, L = n_kv * d;
   MLA_CHECK(F >= 1 && half % F == 0, "freqfold ", F, " must divide head_dim/2 = ", half);
   const int64_t folds = half / F, n = n_kv * F;
@@ -188,12 +191,17 @@ KeyRotation key_rotation(const torch::Tensor& S, int64_t n_kv, int64_t d, int64_
     c = half / P;
     MLA_CHECK(F % c == 0 || c % F == 0, "freqfold ", F, " must divide or be a multiple of head_dim / rope_dim = ", c);
   }
+  const bool query_aware = S.defined() && query_moment.defined();
+  if (query_aware)
+    MLA_CHECK(query_moment.dim() == 3 && query_moment.size(0) == n_kv && query_moment.size(1) == d &&
+                  query_moment.size(2) == d,
+              "query moment of shape ", query_moment.sizes(), ", expected (", n_kv, ", ", d, ", ", d, ")");
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   KeyRotation rot;
   rot.rope_pairs = P;
-  rot.q = torch::zeros({L, L}, f64);
+  rot.key_map = torch::zeros({L, L}, f64);
+  rot.query_map = torch::zeros({L, L}, f64);
   rot.freq_index = torch::empty({P}, torch::kInt64);
-  if (S.defined()) rot.total_energy = S.trace().item<double>();
   int64_t nope_row = 2 * P;
   for (int64_t f = 0; f < folds; ++f) {
     std::vector<int64_t> ri, ii;
@@ -212,18 +220,42 @@ KeyRotation key_rotation(const torch::Tensor& S, int64_t n_kv, int64_t d, int64_
     }
     const int64_t k = static_cast<int64_t>(pairs.size());
     auto rit = torch::tensor(ri, torch::kInt64), iit = torch::tensor(ii, torch::kInt64);
-    torch::Tensor U;
+    // Columns m of Uk / Uq: component m's key and query coordinates (k'_m = Uk[:, m] . k, Uq = Uk^-T).
+    torch::Tensor Uk, Uq;
     if (S.defined()) {
       // The real and the imaginary halves are two samples of the same rotation-invariant statistics.
       auto C = S.index_select(0, rit).index_select(1, rit) + S.index_select(0, iit).index_select(1, iit);
       C = (C + C.t()) / 2;
+      torch::Tensor A, A_inv;  // the query metric's square root and its inverse (identity: key energy)
+      if (query_aware) {
+        // The fold's query moment: block-diagonal over KV heads (a query head sees its own group's keys only).
+        std::vector<torch::Tensor> blocks;
+        auto fold = torch::arange(f * F, (f + 1) * F, torch::kInt64);
+        for (int64_t h = 0; h < n_kv; ++h) {
+          auto Qh = query_moment[h];
+          blocks.push_back(Qh.index_select(0, fold).index_select(1, fold) +
+                           Qh.index_select(0, fold + half).index_select(1, fold + half));
+        }
+        auto Cq = torch::block_diag(blocks);
+        Cq = (Cq + Cq.t()) / 2;
+        Cq = Cq / (Cq.trace().item<double>() / static_cast<double>(n) + 1e-300);  // scale-free: isotropic -> I
+        auto [qev, qvecs] = torch::linalg_eigh(Cq + std::max(damping, 1e-9) * torch::eye(n, f64));
+        auto root = qev.clamp_min(1e-300).sqrt();
+        A = qvecs.mm(torch::diag(root)).mm(qvecs.t());
+        A_inv = qvecs.mm(torch::diag(root.reciprocal())).mm(qvecs.t());
+        C = A.mm(C).mm(A);
+        C = (C + C.t()) / 2;
+      }
       const double eps = damping * (C.trace().item<double>() / static_cast<double>(n) + 1e-300);
       auto [ev, vecs] = torch::linalg_eigh(C + eps * torch::eye(n, f64));
       ev = ev.flip(0);
-      U = vecs.flip(1);
+      auto V = vecs.flip(1);
+      Uk = query_aware ? A.mm(V) : V;
+      Uq = query_aware ? A_inv.mm(V) : V;
+      rot.total_energy += ev.sum().item<double>();
       if (k > 0) rot.rope_energy += ev.narrow(0, 0, k).sum().item<double>();
     } else {
-      U = torch::eye(n, f64);
+      Uk = Uq = torch::eye(n, f64);
     }
     for (int64_t m = 0; m < n; ++m) {
       int64_t row_r, row_i;
@@ -238,8 +270,10 @@ KeyRotation key_rotation(const torch::Tensor& S, int64_t n_kv, int64_t d, int64_
         row_r = nope_row++;
         row_i = nope_row++;
       }
-      rot.q.select(0, row_r).index_copy_(0, rit, U.select(1, m));
-      rot.q.select(0, row_i).index_copy_(0, iit, U.select(1, m));
+      rot.key_map.select(0, row_r).index_copy_(0, rit, Uk.select(1, m));
+      rot.key_map.select(0, row_i).index_copy_(0, iit, Uk.select(1, m));
+      rot.query_map.select(0, row_r).index_copy_(0, rit, Uq.select(1, m));
+      rot.query_map.select(0, row_i).index_copy_(0, iit, Uq.select(1, m));
     }
   }
   MLA_CHECK(nope_row == L, "internal: key rotation filled ", nope_row, " of ", L, " rows");
@@ -263,13 +297,14 @@ torch::Tensor partial_rope_forward(DecoderImpl& model, const std::vector<KeyRota
     const KeyRotation& rot = rotations[static_cast<size_t>(i)];
     const int64_t P = rot.rope_pairs;
     auto xn = l.attn_norm(x);
-    auto Q = rot.q.to(xn.device(), xn.scalar_type());                                     // (L, L)
+    auto Km = rot.key_map.to(xn.device(), xn.scalar_type());                              // (L, L)
+    auto Qm = rot.query_map.to(xn.device(), xn.scalar_type());                            // (L, L)
     auto q = l.attn->wq(xn).view({B, T, H, d});
     auto k = l.attn->wk(xn);                                                              // (B, T, L)
     auto v = l.attn->wv(xn).view({B, T, n_kv, d}).index_select(2, group).transpose(1, 2);  // (B, H, T, d)
-    auto Qh = Q.view({L, n_kv, d}).index_select(1, group);                                // (L, H, d)
+    auto Qh = Qm.view({L, n_kv, d}).index_select(1, group);                               // (L, H, d)
     auto qf = torch::einsum("bthi,lhi->bhtl", {q, Qh});                                   // (B, H, T, L)
-    auto kf = k.matmul(Q.t()).unsqueeze(1);                                               // (B, 1, T, L)
+    auto kf = k.matmul(Km.t()).unsqueeze(1);                                              // (B, 1, T, L)
     auto inv = freqs.inv_freq.to(xn.device()).index_select(0, rot.freq_index.to(xn.device()));  // (P,)
     auto ang = positions.unsqueeze(-1) * inv;                                             // (T, P)
     auto cs = (ang.cos() * freqs.attention_scaling).to(xn.scalar_type());
@@ -369,6 +404,8 @@ nlohmann::json mla_config_json(const ModelConfig& c, const ConvertOptions& o, co
                               {"source_model_type", c.model_type},
                               {"freqfold", rr.freqfold},
                               {"pca_metric", o.pca_metric},
+                              {"rope_select", o.rope_select},
+                              {"refit_values", o.refit_values},
                               {"calibration_tokens", calibration_tokens}};
   return j;
 }
@@ -415,12 +452,23 @@ LayerConversion convert_layer(const ModelConfig& c, const ModelConfig& mla, cons
   auto Wo = get("o_proj.weight");
   const auto& S = moments.joint;
   MLA_CHECK(S.defined() && S.size(0) == 2 * L, "layer ", i, ": calibration moment missing or mis-shaped");
-  KeyRotation rot = key_rotation(S.narrow(0, 0, L).narrow(1, 0, L), n_kv, d, r / 2, rr.freqfold, o.damping);
-  auto Qpe = rot.q.narrow(0, 0, r), Qn = rot.q.narrow(0, r, N);
+  MLA_CHECK(o.rope_select == "key" || o.rope_select == "query", "unknown RoPE selection '", o.rope_select,
+            "' (expected key or query)");
+  torch::Tensor rope_query_moment;
+  if (o.rope_select == "query") {
+    MLA_CHECK(moments.query.defined() && moments.query.size(0) == n_kv, "layer ", i,
+              ": the query-aware RoPE selection needs the calibration query moments");
+    rope_query_moment = moments.query;
+  }
+  KeyRotation rot = key_rotation(S.narrow(0, 0, L).narrow(1, 0, L), n_kv, d, r / 2, rr.freqfold, o.damping,
+                                 rope_query_moment);
+  // Key side (k' = key_map k) and query side (q' = query_map q) of the rope rows and the nope rows.
+  auto Kpe = rot.key_map.narrow(0, 0, r), Kn = rot.key_map.narrow(0, r, N);
+  auto Qpe = rot.query_map.narrow(0, 0, r), Qn = rot.query_map.narrow(0, r, N);
 
   // [k_nope; v] = T [k; v]
   auto T = torch::zeros({N + L, 2 * L}, f64);
-  T.narrow(0, 0, N).narrow(1, 0, L).copy_(Qn);
+  T.narrow(0, 0, N).narrow(1, 0, L).copy_(Kn);
   T.narrow(0, N, L).narrow(1, L, L).copy_(torch::eye(L, f64));
   auto S2 = T.mm(S).mm(T.t());
   // The PCA runs on y_w = G y, y = [k_nope; v]: G is diagonal (one key scale) for the balanced metric,
@@ -460,7 +508,7 @@ LayerConversion convert_layer(const ModelConfig& c, const ModelConfig& mla, cons
   auto Wdkv = Pm.t().mm(G.mm(T.mm(Wkv)));             // (R, D + 1): c = P^T G y
   auto up = torch::linalg_solve(G, Pm, true);         // (N + L, R): y ~ G^-1 P c (least squares in the metric)
   auto Ak = up.narrow(0, 0, N), Av = up.narrow(0, N, L);  // (N, R), (L, R)
-  auto Wkpe = Qpe.mm(Wk);                                       // (r, D + 1)
+  auto Wkpe = Kpe.mm(Wk);                                       // (r, D + 1)
   std::vector<torch::Tensor> q_rows, kvb_rows;
   for (int64_t h = 0; h < H; ++h) {
     const int64_t grp = h / g;

@@ -49,20 +49,25 @@ KVMoments collect_kv_moments(DecoderImpl& model, const std::vector<std::vector<i
 // Adds the group query moments of one layer's normed input xn (1, T, D) to `acc` (n_kv, d, d).
 void add_query_moment(torch::Tensor& acc, GQAAttentionImpl& attention, const ModelConfig& config, const torch::Tensor& xn);
 
-// The orthogonal change of key coordinates of one layer (stage 1 and 2).
+// The change of key coordinates of one layer (stage 1 and 2): k' = key_map k, q' = query_map q with
+// query_map = key_map^-T, so q'.k' = q.k. Orthogonal (query_map == key_map) for the key-energy selection;
+// for the query-aware one (key_rotation's query_moment) it also whitens the queries.
 struct KeyRotation {
-  torch::Tensor q;              // (L, L) float64; rows [0, 2P): rope pairs (real, imag) interleaved; rest nope
+  torch::Tensor key_map;        // (L, L) float64; rows [0, 2P): rope pairs (real, imag) interleaved; rest nope
+  torch::Tensor query_map;      // (L, L) float64: key_map^-T
   torch::Tensor freq_index;     // (P,) int64: each rope pair's index into the original d/2 frequencies
   int64_t rope_pairs = 0;       // P
-  double rope_energy = 0;       // key energy on the rope rows (of the calibration keys)
-  double total_energy = 0;      // total key energy
+  double rope_energy = 0;       // energy on the rope rows: key energy, or score energy (query-aware)
+  double total_energy = 0;      // total key (score) energy
 };
 // key_moment (L, L) float64 or undefined (identity rotation: stage 1). rope_pairs P: L/2 keeps RoPE on every
 // component (exact for F == 1); otherwise P = r/2 must divide d/2 and pair p runs at original frequency
 // p*c, c = d/r. freqfold F must divide d/2 and divide or be a multiple of c (F < c: only the fold starting
 // at frequency p*c feeds pair p; the other frequencies of its group lose RoPE).
+// query_moment (n_kv, d, d) float64 (LayerMoments::query) selects the components that keep RoPE by score
+// energy instead of key energy (ConvertOptions::rope_select); undefined: by key energy (TransMLA's RoRoPE).
 KeyRotation key_rotation(const torch::Tensor& key_moment, int64_t n_kv, int64_t head_dim, int64_t rope_pairs,
-                         int64_t freqfold, double damping = 1e-8);
+                         int64_t freqfold, double damping = 1e-8, const torch::Tensor& query_moment = {});
 
 // Logits of the original model with every layer's attention replaced by its partial-RoPE form under the
 // given rotations (scores q.k in rotated coordinates; RoPE only on the rope pairs, at their frequencies).
@@ -82,6 +87,23 @@ struct ConvertOptions {
   // LayerMoments::query. Measured (same KV budget and data): SmolLM2-135M r64+R128 perplexity 26.69 ->
   // 25.66 (original 20.47); stories260K r8+R16 11.64 -> 11.00, r8+R24 8.12 -> 7.78 (original 4.18).
   std::string pca_metric = "attention";
+  // Which key components keep RoPE (stage 2). "key": the top eigenvectors of each fold's key second moment
+  // (TransMLA's RoRoPE). "query": by score energy. Dropping RoPE from component c changes the scores by
+  // about q'_c k'_c, so per fold the key coordinates become k' = V^T A k, q' = V^T A^-1 q, A = C_q^1/2 the
+  // square root of the fold's (group-summed) query moment and V the eigenvectors of A C_k A: queries are
+  // then isotropic and component c carries score energy E[q'_c^2] E[k'_c^2] = lambda_c, the top ones keep
+  // RoPE. Any invertible per-fold map commutes with RoPE (F == 1), so full rank stays exact; isotropic
+  // queries give back the key selection (tested). Needs LayerMoments::query. Measured with the value refit
+  // (stories260K / SmolLM2-135M, bench/convert_quality): better at r 8 (9.64 -> 9.13, 6.85 -> 6.50), equal or
+  // up to 7% worse elsewhere (r 4, SmolLM2, portable mode), and worse on the partial-RoPE model alone
+  // (stories260K r 8 full rank 5.88 -> 6.09): the product of second moments ignores how q and k correlate.
+  // So key energy stays the default.
+  std::string rope_select = "key";
+  // Output-aware refit of W_UV (convert/value_refit.h) in the streaming pipeline: per head, least squares
+  // of the original head outputs on the converted layer's attention-weighted latents over the calibration
+  // tokens. Only below full rank (full rank stays the exact partial-RoPE model). In portable mode it also
+  // absorbs part of the per-token latent RMS the fitted norm weight cannot undo.
+  bool refit_values = true;
   double damping = 1e-8;       // relative diagonal damping of the eigen-problems
   // Biases (Qwen2 q/k/v, Llama attention_bias) ride along as an extra input column: the k/v biases become
   // the kv_a_proj_with_mqa bias exactly; the query bias needs an input that is constant 1, which DeepSeek's
@@ -94,12 +116,16 @@ struct ConvertOptions {
   int64_t q_lora_rank = 0;
 };
 
+// Whether the conversion needs the calibration query moments (pca_metric "attention", rope_select "query").
+bool needs_query_moments(const ConvertOptions& options);
+
 // One layer's share of KVMoments.
 struct LayerMoments {
   torch::Tensor joint;         // (2L, 2L) float64
   torch::Tensor input_moment;  // (D + 1, D + 1) float64, or undefined (no --q-lora-rank)
   torch::Tensor query;         // (n_kv, d, d) float64: per KV group, sum over its query heads of q q^T
-                               // (pre-RoPE, bias included); undefined unless pca_metric is "attention"
+                               // (pre-RoPE, bias included); undefined unless pca_metric is "attention" or
+                               // rope_select is "query"
   double max_input_norm = 1;
 };
 LayerMoments layer_moments(const KVMoments& moments, int64_t layer);
@@ -109,6 +135,9 @@ struct LayerReport {
   double rope_energy = 0;  // fraction of key energy kept on the RoPE rows
   double pca_energy = 0;   // fraction of (balanced) [K_nope; V] energy kept by the latent
   double kv_balance = 1;   // the NoPE-key scale factor
+  // Value refit (ConvertOptions::refit_values): calibration head-output error, relative, before / after;
+  // both 0 when not refitted.
+  double value_error_before = 0, value_error_after = 0;
 };
 
 struct ConvertResult {

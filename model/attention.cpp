@@ -104,6 +104,12 @@ GQAAttentionImpl::GQAAttentionImpl(const ModelConfig& c, int64_t layer)
 
 torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache) {
   const int64_t B = x.size(0), T = x.size(1);
+  auto out = head_outputs(x, ctx, cache);  // (B, H, T, d)
+  return wo(out.transpose(1, 2).reshape({B, T, n_head_ * head_dim_}));
+}
+
+torch::Tensor GQAAttentionImpl::head_outputs(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache) {
+  const int64_t B = x.size(0), T = x.size(1);
   auto q = wq(x).view({B, T, n_head_, head_dim_}).transpose(1, 2);  // (B, H, T, d)
   auto k = wk(x).view({B, T, n_kv_, head_dim_}).transpose(1, 2);    // (B, KV, T, d)
   auto v = wv(x).view({B, T, n_kv_, head_dim_}).transpose(1, 2);    // (B, KV, T, d)
@@ -115,8 +121,7 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttentionC
     v = kv[1];
   }
   const torch::Tensor& mask = sliding_ ? ctx.mask_sliding : ctx.mask_full;
-  auto out = attention_core(q, k, v, mask, scale_, softcap_);  // (B, H, T, d)
-  return wo(out.transpose(1, 2).reshape({B, T, n_head_ * head_dim_}));
+  return attention_core(q, k, v, mask, scale_, softcap_);  // (B, H, T, d)
 }
 
 }  // namespace mlaforge

@@ -34,6 +34,9 @@ class GQAAttentionImpl : public torch::nn::Module {
  public:
   GQAAttentionImpl(const ModelConfig& config, int64_t layer);
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache);  // (B, T, D)
+  // Every head's attention output before o_proj, (B, H, T, d): forward is wo of these, heads concatenated.
+  // The converter's value refit fits the MLA layer's heads to these.
+  torch::Tensor head_outputs(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache);
 
   torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
 

@@ -64,7 +64,7 @@ torch::Tensor MLAAttentionImpl::rope(const torch::Tensor& x, const AttentionCont
   return apply_rope_interleaved(x.contiguous(), ctx.cos, ctx.sin);  // contiguous: it views pairs
 }
 
-torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache) {
+MLAAttentionImpl::Projected MLAAttentionImpl::project(const torch::Tensor& x, const AttentionContext& ctx) {
   const int64_t B = x.size(0), T = x.size(1), H = n_head_, R = kv_rank_;
 
   // Query, per head: [nope part | rope part].
@@ -74,8 +74,9 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttentionC
   if (tp) q_in = tp->copy_to_tp(q_in, TpPoint::mla_query);
   auto q = wq ? wq(q_in) : wq_b(q_in);                       // (B, T, H * (nope + rope))
   q = q.view({B, T, H, nope_ + rope_}).transpose(1, 2);      // (B, H, T, nope + rope)
-  auto q_nope = q.narrow(-1, 0, nope_);                      // (B, H, T, nope)
-  auto q_pe = rope(q.narrow(-1, nope_, rope_), ctx);         // (B, H, T, rope)
+  Projected p;
+  p.q_nope = q.narrow(-1, 0, nope_);                         // (B, H, T, nope)
+  p.q_pe = rope(q.narrow(-1, nope_, rope_), ctx);            // (B, H, T, rope)
 
   // Keys/values enter as one latent per token plus one rope key shared by all heads (MQA-style).
   auto kv_a = wkv_a(x);                                          // (B, T, R + rope)
@@ -86,17 +87,29 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttentionC
 
   // The cache holds exactly this, both paths: [c_kv | k_pe] in one buffer (B, 1, S, R + rope), so a
   // decode step reads one contiguous row per token and the absorbed kernel needs no concatenation.
-  auto latent = torch::cat({c_kv, k_pe}, -1);  // (B, 1, T, R + rope)
+  p.latent = torch::cat({c_kv, k_pe}, -1);  // (B, 1, T, R + rope)
   // Tensor parallelism: wkv_a and kv_a_norm are replicated but each rank's heads see only part of the
   // loss, so the latent's gradient -- and above all the shared rope key's, which every head reads -- is
   // partial per rank: sum it here, once, for both (cheaper than reducing their weight gradients).
-  if (tp) latent = tp->copy_to_tp(latent, TpPoint::mla_latent);
+  if (tp) p.latent = tp->copy_to_tp(p.latent, TpPoint::mla_latent);
+  return p;
+}
+
+torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache) {
+  const int64_t B = x.size(0), T = x.size(1), H = n_head_;
+  Projected p = project(x, ctx);
+  auto latent = p.latent;
   if (cache != nullptr) latent = cache->append(layer_, {latent})[0];  // (B, 1, S, R + rope), S = past + T
 
   const torch::Tensor& mask = sliding_ ? ctx.mask_sliding : ctx.mask_full;
-  auto out = uses_absorbed(cache != nullptr) ? attend_absorbed(q_nope, q_pe, latent, mask)
-                                             : attend_naive(q_nope, q_pe, latent, mask);  // (B, H, T, v)
+  auto out = uses_absorbed(cache != nullptr) ? attend_absorbed(p.q_nope, p.q_pe, latent, mask)
+                                             : attend_naive(p.q_nope, p.q_pe, latent, mask);  // (B, H, T, v)
   return wo(out.transpose(1, 2).reshape({B, T, H * v_dim_}));  // (B, T, D)
+}
+
+torch::Tensor MLAAttentionImpl::latent_context(const torch::Tensor& x, const AttentionContext& ctx) {
+  Projected p = project(x, ctx);
+  return attend_latent(p.q_nope, p.q_pe, p.latent, sliding_ ? ctx.mask_sliding : ctx.mask_full);
 }
 
 torch::Tensor MLAAttentionImpl::attend_naive(const torch::Tensor& q_nope, const torch::Tensor& q_pe,
@@ -119,12 +132,18 @@ torch::Tensor MLAAttentionImpl::attend_naive(const torch::Tensor& q_nope, const 
 
 torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_nope, const torch::Tensor& q_pe,
                                                 const torch::Tensor& latent, const torch::Tensor& mask) {
+  const int64_t H = n_head_, R = kv_rank_;
+  auto w_uv = wkv_b->weight.view({H, nope_ + v_dim_, R}).narrow(1, nope_, v_dim_);  // (H, v, R): W_UV^h
+  auto ctx_lat = attend_latent(q_nope, q_pe, latent, mask);                         // (B, H, T, R)
+  // sum_s p_s (W_UV c_s) == W_UV (sum_s p_s c_s): one small per-head GEMM after attention.
+  return torch::einsum("bhtr,hvr->bhtv", {ctx_lat, w_uv});  // (B, H, T, v)
+}
+
+torch::Tensor MLAAttentionImpl::attend_latent(const torch::Tensor& q_nope, const torch::Tensor& q_pe,
+                                              const torch::Tensor& latent, const torch::Tensor& mask) {
   const int64_t B = q_nope.size(0), T = q_nope.size(2), S = latent.size(2), H = n_head_, R = kv_rank_;
   // wkv_b's weight per head: nope key rows W_UK^h (nope, R) then value rows W_UV^h (v, R).
-  auto w = wkv_b->weight.view({H, nope_ + v_dim_, R});  // (H, nope + v, R)
-  auto w_uk = w.narrow(1, 0, nope_);                     // (H, nope, R)
-  auto w_uv = w.narrow(1, nope_, v_dim_);                // (H, v, R)
-
+  auto w_uk = wkv_b->weight.view({H, nope_ + v_dim_, R}).narrow(1, 0, nope_);  // (H, nope, R)
   // q_nope . (W_UK c) == (W_UK^T q_nope) . c: move the query into latent space once per step instead of
   // decompressing S keys.
   auto q_lat = torch::einsum("bhtn,hnr->bhtr", {q_nope, w_uk});  // (B, H, T, R)
@@ -159,9 +178,7 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_nope, con
                                                              /*is_causal=*/false, scale_)
                                 .narrow(-1, 0, R);        // (B, 1, H*T, R)
   ctx_lat = ctx_lat.reshape({B, H, T, R});                  // (B, H, T, R); rows were (h, t)
-
-  // sum_s p_s (W_UV c_s) == W_UV (sum_s p_s c_s): one small per-head GEMM after attention.
-  return torch::einsum("bhtr,hvr->bhtv", {ctx_lat, w_uv});  // (B, H, T, v)
+  return ctx_lat;
 }
 
 }  // namespace mlaforge

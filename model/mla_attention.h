@@ -45,6 +45,9 @@ class MLAAttentionImpl : public torch::nn::Module {
   // k_pe (B, 1, T, rope) are appended to it and attention runs over past + T positions.
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx, KVCache* cache);
 
+  // The attention-weighted latent of every head, sum_s p_s c_s (B, H, T, R) without a cache: what the
+  // absorbed path multiplies by W_UV^h. The converter's value refit solves W_UV against it.
+  torch::Tensor latent_context(const torch::Tensor& x, const AttentionContext& ctx);
   void set_path(MLAPath path) { path_ = path; }
   MLAPath path() const { return path_; }
   // Which path a forward with (or without) a cache takes.
@@ -74,6 +77,14 @@ class MLAAttentionImpl : public torch::nn::Module {
                              const torch::Tensor& mask);
   torch::Tensor attend_absorbed(const torch::Tensor& q_nope, const torch::Tensor& q_pe,
                                 const torch::Tensor& latent, const torch::Tensor& mask);
+  // attend_absorbed before W_UV: sum_s p_s c_s, (B, H, T, R).
+  torch::Tensor attend_latent(const torch::Tensor& q_nope, const torch::Tensor& q_pe, const torch::Tensor& latent,
+                              const torch::Tensor& mask);
+  // The query halves and this step's latent row [c_kv | k_pe] (B, 1, T, R + rope), before any cache.
+  struct Projected {
+    torch::Tensor q_nope, q_pe, latent;
+  };
+  Projected project(const torch::Tensor& x, const AttentionContext& ctx);
   torch::Tensor rope(const torch::Tensor& x, const AttentionContext& ctx) const;
 
   int64_t layer_, n_head_, nope_, rope_, v_dim_, kv_rank_;

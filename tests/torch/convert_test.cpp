@@ -326,6 +326,61 @@ TEST(ConvertTiny, AttentionPcaMetric) {
   EXPECT_GT(max_abs(w_real->forward(tokens), b_real->forward(tokens)), 1e-3);
 }
 
+// Query-aware RoPE selection (ConvertOptions::rope_select = "query"): the maps are inverse-transposes (scores
+// unchanged), RoPE on every component stays exact, isotropic queries give back the key-energy selection, and
+// a component with little key energy but large query energy keeps RoPE where key energy alone drops it.
+TEST(ConvertTiny, QueryAwareRopeSelection) {
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  // Two KV heads of head_dim 2 (one frequency), one rope pair: head 0 has 4x head 1's key energy, but head 1's
+  // queries carry 100x head 0's query energy: score energy 0.4 vs 10.
+  auto S = torch::diag(torch::tensor({4.0, 4.0, 1.0, 1.0}, f64));
+  auto Qm = torch::stack({torch::eye(2, f64) * 0.1, torch::eye(2, f64) * 10.0});
+  KeyRotation by_key = key_rotation(S, 2, 2, 1, 1);
+  KeyRotation by_query = key_rotation(S, 2, 2, 1, 1, 1e-8, Qm);
+  EXPECT_NEAR(std::abs(by_key.key_map[0][0].item<double>()), 1.0, 1e-9) << "key energy keeps head 0";
+  EXPECT_NEAR(by_key.key_map[0][2].item<double>(), 0.0, 1e-9);
+  EXPECT_NEAR(by_query.key_map[0][0].item<double>(), 0.0, 1e-9) << "score energy keeps head 1";
+  EXPECT_GT(std::abs(by_query.key_map[0][2].item<double>()), 0.1);
+  EXPECT_NEAR(by_query.rope_energy / by_query.total_energy, 10.0 / 10.4, 1e-6);
+
+  // A real layer's moments: query_map = key_map^-T; isotropic queries: the key selection (rows up to sign).
+  ModelSource src = tiny_llama();
+  Decoder model = build_model(src);
+  const ModelConfig& c = src.config;
+  const int64_t L = c.num_key_value_heads * c.head_dim;
+  KVMoments m = collect_kv_moments(*model, random_docs(96, 8, 24, 31), false, true);
+  auto K0 = m.joint[0].narrow(0, 0, L).narrow(1, 0, L);
+  for (int64_t fold : {1, 2}) {
+    KeyRotation q = key_rotation(K0, 2, 8, 2, fold, 1e-8, m.query[0]);
+    EXPECT_LE((q.query_map.mm(q.key_map.t()) - torch::eye(L, f64)).abs().max().item<double>(), 1e-8);
+    KeyRotation k = key_rotation(K0, 2, 8, 2, fold);
+    KeyRotation iso = key_rotation(K0, 2, 8, 2, fold, 1e-8, torch::eye(8, f64).expand({2, 8, 8}) * 5.0);
+    auto overlap = (iso.key_map * k.key_map).sum(1).abs();  // |<row, row>| of unit rows: 1 when equal up to sign
+    EXPECT_LE((overlap - 1).abs().max().item<double>(), 1e-6) << "freqfold " << fold;
+    EXPECT_LE((iso.query_map - iso.key_map).abs().max().item<double>(), 1e-6);
+    EXPECT_GT((q.key_map.abs() - k.key_map.abs()).abs().max().item<double>(), 1e-2) << "real queries change the choice";
+  }
+
+  // RoPE on every component: exact with the non-orthogonal maps too.
+  torch::NoGradGuard no_grad;
+  auto tokens = torch::tensor(random_docs(96, 1, 20, 32)[0]).unsqueeze(0);
+  std::vector<KeyRotation> all;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    all.push_back(key_rotation(m.joint[static_cast<size_t>(i)].narrow(0, 0, L).narrow(1, 0, L), 2, 8, L / 2, 1, 1e-8,
+                               m.query[static_cast<size_t>(i)]));
+  EXPECT_LE(max_abs(partial_rope_forward(*model, all, tokens), model->forward(tokens)), 1e-4);
+
+  // Through the converter: the full-rank MLA model is the partial-RoPE model of the query-aware maps.
+  ConvertOptions o;
+  o.rope_select = "query";
+  o.rope_dim = 4;
+  o.kv_lora_rank = 2 * L - 4;
+  ConvertResult res = convert_to_mla(c, src.weights, m, o);
+  Decoder mla = build_converted(res);
+  EXPECT_LE(max_abs(mla->forward(tokens), partial_rope_forward(*model, res.rotations, tokens)), 1e-4);
+  EXPECT_GT(max_abs(res.rotations[0].query_map, res.rotations[0].key_map), 1e-3) << "not orthogonal";
+}
+
 TEST(ConvertTiny, HalfSplitRopeOnInterleavedSliceFailsLoudly) {
   ModelSource src = tiny_llama();
   Decoder model = build_model(src);
