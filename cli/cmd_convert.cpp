@@ -102,8 +102,10 @@ void register_convert(CLI::App& app) {
                   "queries, value errors by o_proj)")
       ->check(CLI::IsMember({"balanced", "attention"}))
       ->capture_default_str();
-  cmd->add_flag("--no-refit", [o](int64_t) { o->convert.refit_values = false; },
-                "skip the output-aware least-squares refit of the value up-projection (below full rank)");
+  cmd->add_flag("--no-refit", [o](int64_t) { o->convert.refit_values = o->convert.refit_output = false; },
+                "skip the output-aware least-squares refits of the value up-projection and o_proj (below full rank)");
+  cmd->add_flag("--no-refit-output", [o](int64_t) { o->convert.refit_output = false; },
+                "skip the o_proj refit only");
   cmd->add_option("--rope-select", o->convert.rope_select,
                   "which key components keep RoPE: query (by score energy: key statistics weighted by the matching "
                   "query statistics) or key (by key energy alone: TransMLA's RoRoPE)")
@@ -197,7 +199,9 @@ void register_convert(CLI::App& app) {
                           {"pca_energy", l.pca_energy},
                           {"kv_balance", l.kv_balance},
                           {"value_error_before", l.value_error_before},
-                          {"value_error_after", l.value_error_after}});
+                          {"value_error_after", l.value_error_after},
+                          {"output_error_before", l.output_error_before},
+                          {"output_error_after", l.output_error_after}});
       }
       j["layers"] = layers;
       j["kv_values_per_token_before"] = before;

@@ -6,7 +6,7 @@
 #include <chrono>
 #include <set>
 
-#include "convert/value_refit.h"
+#include "convert/output_refit.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/progress.h"
@@ -235,25 +235,47 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
       return *p;
     }, o.device, "converted model");
 
-    // 3b. Output-aware value refit (below full rank): W_UV^h fitted to the original heads' outputs.
+    // 3b. Output-aware refits (below full rank; convert/output_refit.h): W_UV^h per head against the
+    // original heads' outputs, then o_proj against the original attention output.
     const int64_t rank = exact.kv_lora_rank_at(i), full_rank = 2 * L - exact.qk_rope_head_dim;
-    if (o.convert.refit_values && rank < full_rank && !calib.empty()) {
-      ValueRefitMoments vm;
-      for (const DocState& s : calib) {
-        auto xn = layer->attn_norm(s.hidden);
-        vm.add(converted->mla_attn->latent_context(xn, s.mla_ctx), layer->attn->head_outputs(xn, s.original_ctx, nullptr));
-      }
-      auto& kvb = converted->mla_attn->wkv_b->weight;  // (H * (nope + v), R'): per head nope rows, value rows
+    if (rank < full_rank && !calib.empty() && (o.convert.refit_values || o.convert.refit_output)) {
+      auto& mla_attn = *converted->mla_attn;
       const int64_t H = final_config.num_attention_heads, nope = final_config.qk_nope_head_dim,
-                    vd = final_config.v_head_dim, Rw = kvb.size(1);
-      auto w = kvb.detach().to(torch::kCPU, torch::kFloat64).view({H, nope + vd, Rw});
-      ValueRefit fit = refit_values(vm, w.narrow(1, nope, vd).contiguous());
-      w.narrow(1, nope, vd).copy_(fit.w_uv);
-      auto refitted = w.reshape({H * (nope + vd), Rw}).to(torch::kFloat32);
-      lc.weights[A + "kv_b_proj.weight"] = refitted;
-      kvb.copy_(refitted.to(kvb.device(), kvb.scalar_type()));
-      lc.report.value_error_before = fit.error_before;
-      lc.report.value_error_after = fit.error_after;
+                    vd = final_config.v_head_dim, Rw = mla_attn.wkv_b->weight.size(1);
+      auto w_uv_of = [&] {  // (H, v, R') view into kv_b_proj's value rows
+        return mla_attn.wkv_b->weight.view({H, nope + vd, Rw}).narrow(1, nope, vd);
+      };
+      if (o.convert.refit_values) {
+        LeastSquaresMoments vm;
+        for (const DocState& s : calib) {
+          auto xn = layer->attn_norm(s.hidden);
+          auto cbar = mla_attn.latent_context(xn, s.mla_ctx);                     // (1, H, T, R')
+          auto target = layer->attn->head_outputs(xn, s.original_ctx, nullptr);  // (1, H, T, d)
+          vm.add(cbar.squeeze(0), target.squeeze(0));
+        }
+        Refit fit = ridge_refit(vm, w_uv_of());
+        w_uv_of().copy_(fit.w.to(mla_attn.wkv_b->weight.options()));
+        lc.weights[A + "kv_b_proj.weight"] = mla_attn.wkv_b->weight.detach().to(torch::kCPU, torch::kFloat32).clone();
+        lc.report.value_error_before = fit.error_before;
+        lc.report.value_error_after = fit.error_after;
+      }
+      if (o.convert.refit_output) {
+        LeastSquaresMoments om;
+        auto& wo = mla_attn.wo;
+        for (const DocState& s : calib) {
+          auto xn = layer->attn_norm(s.hidden);
+          auto heads = torch::einsum("bhtr,hvr->bthv", {mla_attn.latent_context(xn, s.mla_ctx), w_uv_of()});
+          auto x = heads.reshape({1, -1, H * vd});                                      // (1, T, H v)
+          auto y = layer->attn->forward(xn, s.original_ctx, nullptr);                   // (1, T, D)
+          if (wo->bias.defined()) y = y - wo->bias;
+          om.add(x, y);
+        }
+        Refit fit = ridge_refit(om, wo->weight.unsqueeze(0));
+        wo->weight.copy_(fit.w.squeeze(0).to(wo->weight.options()));
+        lc.weights[A + "o_proj.weight"] = wo->weight.detach().to(torch::kCPU, torch::kFloat32).clone();
+        lc.report.output_error_before = fit.error_before;
+        lc.report.output_error_after = fit.error_after;
+      }
     }
 
     if (o.verify_engine && !calib.empty()) {

@@ -5,4 +5,4 @@ target_sources(mlaforge_torch PRIVATE
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/../cli/cmd_convert.cpp)
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/pipeline.cpp)
 target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/kv_budget.cpp)
-target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/value_refit.cpp)
+target_sources(mlaforge_torch PRIVATE ${CMAKE_CURRENT_LIST_DIR}/output_refit.cpp)

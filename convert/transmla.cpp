@@ -406,6 +406,7 @@ nlohmann::json mla_config_json(const ModelConfig& c, const ConvertOptions& o, co
                               {"pca_metric", o.pca_metric},
                               {"rope_select", o.rope_select},
                               {"refit_values", o.refit_values},
+                              {"refit_output", o.refit_output},
                               {"calibration_tokens", calibration_tokens}};
   return j;
 }

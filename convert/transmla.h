@@ -99,11 +99,13 @@ struct ConvertOptions {
   // (stories260K r 8 full rank 5.88 -> 6.09): the product of second moments ignores how q and k correlate.
   // So key energy stays the default.
   std::string rope_select = "key";
-  // Output-aware refit of W_UV (convert/value_refit.h) in the streaming pipeline: per head, least squares
+  // Output-aware refit of W_UV (convert/output_refit.h) in the streaming pipeline: per head, least squares
   // of the original head outputs on the converted layer's attention-weighted latents over the calibration
   // tokens. Only below full rank (full rank stays the exact partial-RoPE model). In portable mode it also
   // absorbs part of the per-token latent RMS the fitted norm weight cannot undo.
   bool refit_values = true;
+  // Then o_proj (all heads jointly) against the original attention output, the same way.
+  bool refit_output = true;
   double damping = 1e-8;       // relative diagonal damping of the eigen-problems
   // Biases (Qwen2 q/k/v, Llama attention_bias) ride along as an extra input column: the k/v biases become
   // the kv_a_proj_with_mqa bias exactly; the query bias needs an input that is constant 1, which DeepSeek's
@@ -138,6 +140,7 @@ struct LayerReport {
   // Value refit (ConvertOptions::refit_values): calibration head-output error, relative, before / after;
   // both 0 when not refitted.
   double value_error_before = 0, value_error_after = 0;
+  double output_error_before = 0, output_error_after = 0;  // the o_proj refit's, likewise
 };
 
 struct ConvertResult {

@@ -11,7 +11,7 @@
 #include "convert/kv_budget.h"
 #include "convert/pipeline.h"
 #include "convert/transmla.h"
-#include "convert/value_refit.h"
+#include "convert/output_refit.h"
 #include "model/attention.h"
 #include "model/mla_attention.h"
 #include "model/rope.h"
@@ -133,9 +133,9 @@ TEST(ConvertStream, UnexpectedTensorInTheSourceIsNamed) {
   }
 }
 
-// Output-aware value refit (convert/value_refit.h): the least-squares W_UV never raises the calibration
-// head-output error; the pipeline's reported errors equal the error recomputed from the written layer 0
-// (which sees the embeddings, the same in both runs); full rank is left exact (no refit).
+// Output-aware refits (convert/output_refit.h): the least-squares W_UV and o_proj never raise the calibration
+// errors; the pipeline's reported errors equal the errors recomputed from the written layer 0 (which sees
+// the embeddings, the same in both runs); full rank is left exact (no refit).
 TEST(ConvertStream, ValueRefitLowersTheCalibrationOutputError) {
   const std::string tmp = testing::make_temp_dir("convert_refit");
   const std::string dir = write_tiny_folder(tmp + "/src");
@@ -149,13 +149,15 @@ TEST(ConvertStream, ValueRefitLowersTheCalibrationOutputError) {
   po.progress = false;
   po.verify_engine = true;
   PipelineResult fit = convert_streaming(c, WeightReader(src.weights, "tiny"), calib, {}, po);
-  po.convert.refit_values = false;
+  po.convert.refit_values = po.convert.refit_output = false;
   PipelineResult plain = convert_streaming(c, WeightReader(src.weights, "tiny"), calib, {}, po);
   ASSERT_EQ(fit.conversion.layers.size(), 3u);
   for (size_t i = 0; i < 3; ++i) {
     const LayerReport& l = fit.conversion.layers[i];
     EXPECT_GT(l.value_error_before, 0.01) << "layer " << i;
     EXPECT_LT(l.value_error_after, l.value_error_before) << "layer " << i;
+    EXPECT_GT(l.output_error_before, 0.01) << "layer " << i;
+    EXPECT_LT(l.output_error_after, l.output_error_before) << "layer " << i;
     EXPECT_EQ(plain.conversion.layers[i].value_error_before, 0.0);
   }
 
@@ -169,25 +171,35 @@ TEST(ConvertStream, ValueRefitLowersTheCalibrationOutputError) {
     auto& ml = *mla->layers[0]->as<DecoderLayerImpl>();
     const int64_t H = c.num_attention_heads, d = c.head_dim;
     RotaryEmbedding rope_o(c, c.head_dim), rope_m(fit.conversion.config, fit.conversion.config.qk_rope_head_dim);
-    double err = 0, total = 0;
+    double err = 0, total = 0, out_err = 0, out_total = 0;
     for (const auto& doc : calib) {
       auto tokens = torch::tensor(doc, torch::kInt64).unsqueeze(0);
       auto pos = torch::arange(tokens.size(1)).unsqueeze(0);
       auto xn = ol.attn_norm(original->embed(tokens));
-      auto o = ol.attn->head_outputs(xn, build_attention_context(c, rope_o, pos, {}, {}, 0), nullptr);  // (1, H, T, d)
-      auto cbar = ml.mla_attn->latent_context(xn, build_attention_context(fit.conversion.config, rope_m, pos, {}, {}, 0));
-      auto w_uv = ml.mla_attn->wkv_b->weight.view({H, 2 * d, -1}).narrow(1, d, d);     // (H, d, R)
+      auto ctx_o = build_attention_context(c, rope_o, pos, {}, {}, 0);
+      auto ctx_m = build_attention_context(fit.conversion.config, rope_m, pos, {}, {}, 0);
+      auto o = ol.attn->head_outputs(xn, ctx_o, nullptr);                                // (1, H, T, d)
+      auto cbar = ml.mla_attn->latent_context(xn, ctx_m);                                // (1, H, T, R)
+      auto w_uv = ml.mla_attn->wkv_b->weight.view({H, 2 * d, -1}).narrow(1, d, d);       // (H, d, R)
       auto approx = torch::einsum("bhtr,hvr->bhtv", {cbar, w_uv});
       err += (approx - o).to(torch::kFloat64).square().sum().item<double>();
       total += o.to(torch::kFloat64).square().sum().item<double>();
+      auto y = ol.attn->forward(xn, ctx_o, nullptr);                                     // (1, T, D)
+      out_err += (ml.mla_attn->forward(xn, ctx_m, nullptr) - y).to(torch::kFloat64).square().sum().item<double>();
+      out_total += y.to(torch::kFloat64).square().sum().item<double>();
     }
-    return err / total;
+    return std::make_pair(err / total, out_err / out_total);
   };
-  const double before = layer_error(plain.conversion.weights), after = layer_error(fit.conversion.weights);
-  std::printf("value refit, layer 0: calibration output error %.4f -> %.4f (pipeline %.4f -> %.4f)\n", before, after,
-              fit.conversion.layers[0].value_error_before, fit.conversion.layers[0].value_error_after);
-  EXPECT_NEAR(before, fit.conversion.layers[0].value_error_before, 1e-4);
-  EXPECT_NEAR(after, fit.conversion.layers[0].value_error_after, 1e-4);
+  const auto before = layer_error(plain.conversion.weights), after = layer_error(fit.conversion.weights);
+  const LayerReport& l0 = fit.conversion.layers[0];
+  std::printf("refit, layer 0: head-output error %.4f -> %.4f (pipeline %.4f -> %.4f); attention-output error "
+              "%.4f unrefitted, %.4f refitted (pipeline o_proj %.4f -> %.4f)\n", before.first, after.first,
+              l0.value_error_before, l0.value_error_after, before.second, after.second, l0.output_error_before,
+              l0.output_error_after);
+  EXPECT_NEAR(before.first, l0.value_error_before, 1e-4);
+  EXPECT_NEAR(after.first, l0.value_error_after, 1e-4);
+  EXPECT_NEAR(after.second, l0.output_error_after, 1e-4);
+  EXPECT_LT(after.second, 0.9 * before.second);
 
   // Full rank: no refit, the conversion stays the exact partial-RoPE model.
   po.convert.refit_values = true;
@@ -196,19 +208,29 @@ TEST(ConvertStream, ValueRefitLowersTheCalibrationOutputError) {
   for (const LayerReport& l : full.conversion.layers) EXPECT_EQ(l.value_error_after, 0.0);
 }
 
-// refit_values on synthetic moments: recovers a planted W exactly; the old W's error is reported as is.
-TEST(ValueRefit, RecoversAPlantedProjection) {
+// ridge_refit on synthetic data: recovers a planted W exactly, reports the old W's error as is, and with a
+// strong ridge on noisy data stays between the old W and the least-squares one, never above the old error.
+TEST(OutputRefit, RecoversAPlantedMapAndNeverRaisesTheError) {
   torch::manual_seed(5);
-  auto c = torch::randn({1, 2, 50, 6}, torch::kFloat64);      // (B, H, T, R)
-  auto w = torch::randn({2, 4, 6}, torch::kFloat64);          // (H, d, R)
-  auto o = torch::einsum("bhtr,hvr->bhtv", {c, w});           // (B, H, T, d)
-  ValueRefitMoments m;
-  m.add(c, o);
-  ValueRefit r = refit_values(m, torch::zeros_like(w), 1e-12);
-  EXPECT_LE((r.w_uv - w).abs().max().item<double>(), 1e-8);
-  EXPECT_NEAR(r.error_before, 1.0, 1e-12);  // W = 0 leaves all of |o|^2
+  auto x = torch::randn({2, 50, 6}, torch::kFloat64);       // (G, rows, n)
+  auto w = torch::randn({2, 4, 6}, torch::kFloat64);        // (G, m, n)
+  auto y = x.bmm(w.transpose(1, 2));                        // (G, rows, m)
+  LeastSquaresMoments m;
+  m.add(x, y);
+  Refit r = ridge_refit(m, torch::zeros_like(w), 1e-12);
+  EXPECT_LE((r.w - w).abs().max().item<double>(), 1e-8);
+  EXPECT_NEAR(r.error_before, 1.0, 1e-12);  // W = 0 leaves all of |y|^2
   EXPECT_LE(r.error_after, 1e-12);
-  EXPECT_THROW(refit_values(m, torch::zeros({2, 4, 5}, torch::kFloat64)), Error);
+  EXPECT_THROW(ridge_refit(m, torch::zeros({2, 4, 5}, torch::kFloat64)), Error);
+
+  LeastSquaresMoments noisy;
+  noisy.add(x, y + torch::randn_like(y));
+  auto old = w + 0.5 * torch::randn_like(w);
+  for (double damping : {1e-6, 1e-1, 10.0}) {
+    Refit f = ridge_refit(noisy, old, damping);
+    EXPECT_LE(f.error_after, f.error_before) << damping;
+    EXPECT_LT((f.w - old).norm().item<double>(), (ridge_refit(noisy, old, 1e-9).w - old).norm().item<double>() + 1e-9);
+  }
 }
 
 TEST(KVBudget, GreedyAllocationMeetsTheBudgetAndBounds) {
