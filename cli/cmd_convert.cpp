@@ -106,6 +106,9 @@ void register_convert(CLI::App& app) {
                 "skip the output-aware least-squares refits of the value up-projection and o_proj (below full rank)");
   cmd->add_flag("--no-refit-output", [o](int64_t) { o->convert.refit_output = false; },
                 "skip the o_proj refit only");
+  cmd->add_flag("--no-refit-drift", [o](int64_t) { o->convert.refit_drift = false; },
+                "fit o_proj to the original attention's output on the same input, not to the original model's "
+                "residual stream");
   cmd->add_option("--rope-select", o->convert.rope_select,
                   "which key components keep RoPE: query (by score energy: key statistics weighted by the matching "
                   "query statistics) or key (by key energy alone: TransMLA's RoRoPE)")
@@ -229,13 +232,16 @@ void register_convert(CLI::App& app) {
       std::printf("kv_lora_rank %lld, rope dim %lld, freqfold %lld, %lld calibration tokens\n",
                   static_cast<long long>(res.config.kv_lora_rank), static_cast<long long>(res.config.qk_rope_head_dim),
                   static_cast<long long>(j["freqfold"].get<int64_t>()), static_cast<long long>(calibration_tokens));
-      std::printf("%5s %10s %10s %12s %12s %8s %17s\n", "layer", "KV before", "KV after", "RoPE energy", "PCA energy",
-                  "balance", "value err refit");
+      // Refit columns: relative calibration error of the head outputs (W_UV) and of the attention output
+      // (o_proj), before -> after the least-squares refit (0 -> 0: not refitted, e.g. at full rank).
+      std::printf("%5s %10s %10s %12s %12s %8s %15s %15s\n", "layer", "KV before", "KV after", "RoPE energy",
+                  "PCA energy", "balance", "W_UV refit", "o_proj refit");
       for (size_t i = 0; i < res.layers.size(); ++i) {
         const auto& l = res.layers[i];
-        std::printf("%5zu %10lld %10lld %11.2f%% %11.2f%% %8.3f %7.4f->%.4f\n", i,
+        std::printf("%5zu %10lld %10lld %11.2f%% %11.2f%% %8.3f %7.4f->%.4f %7.4f->%.4f\n", i,
                     static_cast<long long>(l.kv_values_before), static_cast<long long>(l.kv_values_after),
-                    100 * l.rope_energy, 100 * l.pca_energy, l.kv_balance, l.value_error_before, l.value_error_after);
+                    100 * l.rope_energy, 100 * l.pca_energy, l.kv_balance, l.value_error_before, l.value_error_after,
+                    l.output_error_before, l.output_error_after);
       }
       std::printf("total KV values/token %lld -> %lld (%s -> %s per token in bf16)\n", static_cast<long long>(before),
                   static_cast<long long>(after), human_bytes(2.0 * before).c_str(), human_bytes(2.0 * after).c_str());

@@ -26,6 +26,9 @@ struct DocState {
   AttentionContext mla_ctx;             // rotary tables of the decoupled rope dim
   torch::Tensor hidden;                 // (1, T, D): calibration path, or the original model (evaluation)
   torch::Tensor hidden_mla;             // (1, T, D): the converted model (evaluation only)
+  // (1, T, D): calibration only, with ConvertOptions::refit_drift: the original model's path, so the o_proj
+  // refit can aim at the original residual stream rather than at this layer's output alone.
+  torch::Tensor hidden_original;
 };
 
 std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
@@ -159,6 +162,7 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
       s.mla_ctx = build_attention_context(final_config, mla_rope, positions, {}, {}, 0);
       s.hidden = embed(c, table, s.tokens, o.device);
       if (two_paths) s.hidden_mla = s.hidden;
+      if (!two_paths && o.sequential && o.convert.refit_output && o.convert.refit_drift) s.hidden_original = s.hidden;
       out.push_back(std::move(s));
     }
     return out;
@@ -267,6 +271,11 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
           auto heads = torch::einsum("bhtr,hvr->bthv", {mla_attn.latent_context(xn, s.mla_ctx), w_uv_of()});
           auto x = heads.reshape({1, -1, H * vd});                                      // (1, T, H v)
           auto y = layer->attn->forward(xn, s.original_ctx, nullptr);                   // (1, T, D)
+          if (s.hidden_original.defined()) {
+            // Where the original model's residual stream is after this attention, minus where ours is now.
+            y = s.hidden_original + layer->attn->forward(layer->attn_norm(s.hidden_original), s.original_ctx, nullptr) -
+                s.hidden;
+          }
           if (wo->bias.defined()) y = y - wo->bias;
           om.add(x, y);
         }
@@ -293,9 +302,11 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
 
     // 4-5. Advance the documents.
     if (i + 1 < n_layers)
-      for (DocState& s : calib)
+      for (DocState& s : calib) {
         s.hidden = o.sequential ? converted->forward(s.hidden, s.mla_ctx, nullptr)
                                 : layer->forward(s.hidden, s.original_ctx, nullptr);
+        if (s.hidden_original.defined()) s.hidden_original = layer->forward(s.hidden_original, s.original_ctx, nullptr);
+      }
     for (DocState& s : eval) {
       s.hidden = layer->forward(s.hidden, s.original_ctx, nullptr);
       s.hidden_mla = converted->forward(s.hidden_mla, s.mla_ctx, nullptr);

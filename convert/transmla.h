@@ -93,12 +93,11 @@ struct ConvertOptions {
   // square root of the fold's (group-summed) query moment and V the eigenvectors of A C_k A: queries are
   // then isotropic and component c carries score energy E[q'_c^2] E[k'_c^2] = lambda_c, the top ones keep
   // RoPE. Any invertible per-fold map commutes with RoPE (F == 1), so full rank stays exact; isotropic
-  // queries give back the key selection (tested). Needs LayerMoments::query. Measured with the value refit
-  // (stories260K / SmolLM2-135M, bench/convert_quality): better at r 8 (9.64 -> 9.13, 6.85 -> 6.50), equal or
-  // up to 7% worse elsewhere (r 4, SmolLM2, portable mode), and worse on the partial-RoPE model alone
-  // (stories260K r 8 full rank 5.88 -> 6.09): the product of second moments ignores how q and k correlate.
-  // So key energy stays the default.
-  std::string rope_select = "key";
+  // queries give back the key selection (tested). Needs LayerMoments::query. Measured with the refits below
+  // (bench/convert_quality): stories260K r 8 + R 16 8.22 -> 7.72, r 8 + R 24 6.37 -> 6.09, r 4 equal or
+  // better; on the partial-RoPE model alone (full rank) it is worse (r 8: 5.88 -> 6.09): the product of
+  // second moments ignores how q and k correlate, and the refits make up for more of what it keeps.
+  std::string rope_select = "query";
   // Output-aware refit of W_UV (convert/output_refit.h) in the streaming pipeline: per head, least squares
   // of the original head outputs on the converted layer's attention-weighted latents over the calibration
   // tokens. Only below full rank (full rank stays the exact partial-RoPE model). In portable mode it also
@@ -106,6 +105,10 @@ struct ConvertOptions {
   bool refit_values = true;
   // Then o_proj (all heads jointly) against the original attention output, the same way.
   bool refit_output = true;
+  // The o_proj refit's target with sequential calibration: the original model's residual stream after this
+  // attention minus the converted model's residual stream before it (so the layer also takes back the drift
+  // the converted layers before it left), instead of the original attention's output on the same input.
+  bool refit_drift = true;
   double damping = 1e-8;       // relative diagonal damping of the eigen-problems
   // Biases (Qwen2 q/k/v, Llama attention_bias) ride along as an extra input column: the k/v biases become
   // the kv_a_proj_with_mqa bias exactly; the query bias needs an input that is constant 1, which DeepSeek's
