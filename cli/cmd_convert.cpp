@@ -106,9 +106,9 @@ void register_convert(CLI::App& app) {
                 "skip the output-aware least-squares refits of the value up-projection and o_proj (below full rank)");
   cmd->add_flag("--no-refit-output", [o](int64_t) { o->convert.refit_output = false; },
                 "skip the o_proj refit only");
-  cmd->add_flag("--no-refit-drift", [o](int64_t) { o->convert.refit_drift = false; },
-                "fit o_proj to the original attention's output on the same input, not to the original model's "
-                "residual stream");
+  cmd->add_flag("--refit-drift", [o](int64_t) { o->convert.refit_drift = true; },
+                "fit o_proj to the original model's residual stream after the layer (taking back the drift of the "
+                "layers before it) instead of the original attention's output on the same input (sequential only)");
   cmd->add_option("--rope-select", o->convert.rope_select,
                   "which key components keep RoPE: query (by score energy: key statistics weighted by the matching "
                   "query statistics) or key (by key energy alone: TransMLA's RoRoPE)")

@@ -9,6 +9,9 @@
 //           (GQAAttentionImpl::head_outputs). One least-squares problem per head.
 //   o_proj: the layer output W_o [head outputs](t) against the original attention output minus its o_proj
 //           bias: one problem over all heads jointly, so heads can make up for each other's errors.
+// Every token's row is weighted by 1 / RMS of its residual stream (the pipeline does it): the next RMSNorm
+// reads an error relative to the token's scale, and attention-sink tokens with huge activations must not
+// dominate the fit.
 // Each is a ridge towards the current map W_old, from three moments over the calibration tokens:
 //   W = (M_yx + eps W_old) (M_xx + eps I)^-1,  M_xx = sum x x^T,  M_yx = sum y x^T,
 // eps relative to M_xx's mean diagonal: directions the calibration tokens barely excite stay where the

@@ -249,13 +249,18 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
       auto w_uv_of = [&] {  // (H, v, R') view into kv_b_proj's value rows
         return mla_attn.wkv_b->weight.view({H, nope + vd, Rw}).narrow(1, nope, vd);
       };
+      // Each token's row is weighted by 1 / RMS of its residual stream: what the attention adds is read
+      // through the next RMSNorm, so an error matters relative to the token's scale, and the few tokens with
+      // huge activations (attention sinks) must not dominate the fit.
+      auto token_weight = [](const torch::Tensor& h) { return h.square().mean(-1, true).add(1e-12).rsqrt(); };  // (1, T, 1)
       if (o.convert.refit_values) {
         LeastSquaresMoments vm;
         for (const DocState& s : calib) {
           auto xn = layer->attn_norm(s.hidden);
+          auto w = token_weight(s.hidden).unsqueeze(1);                            // (1, 1, T, 1)
           auto cbar = mla_attn.latent_context(xn, s.mla_ctx);                     // (1, H, T, R')
           auto target = layer->attn->head_outputs(xn, s.original_ctx, nullptr);  // (1, H, T, d)
-          vm.add(cbar.squeeze(0), target.squeeze(0));
+          vm.add((cbar * w).squeeze(0), (target * w).squeeze(0));
         }
         Refit fit = ridge_refit(vm, w_uv_of());
         w_uv_of().copy_(fit.w.to(mla_attn.wkv_b->weight.options()));
@@ -277,7 +282,8 @@ PipelineResult convert_streaming(const ModelConfig& c, const WeightReader& reade
                 s.hidden;
           }
           if (wo->bias.defined()) y = y - wo->bias;
-          om.add(x, y);
+          auto w = token_weight(s.hidden);                                              // (1, T, 1)
+          om.add(x * w, y * w);
         }
         Refit fit = ridge_refit(om, wo->weight.unsqueeze(0));
         wo->weight.copy_(fit.w.squeeze(0).to(wo->weight.options()));

@@ -134,8 +134,9 @@ TEST(ConvertStream, UnexpectedTensorInTheSourceIsNamed) {
 }
 
 // Output-aware refits (convert/output_refit.h): the least-squares W_UV and o_proj never raise the calibration
-// errors; the pipeline's reported errors equal the errors recomputed from the written layer 0 (which sees
-// the embeddings, the same in both runs); full rank is left exact (no refit).
+// errors (each token weighted by 1 / RMS of its residual stream); the pipeline's reported errors equal the
+// errors recomputed from the written layer 0 (which sees the embeddings, the same in both runs); full rank
+// is left exact (no refit).
 TEST(ConvertStream, ValueRefitLowersTheCalibrationOutputError) {
   const std::string tmp = testing::make_temp_dir("convert_refit");
   const std::string dir = write_tiny_folder(tmp + "/src");
@@ -175,18 +176,21 @@ TEST(ConvertStream, ValueRefitLowersTheCalibrationOutputError) {
     for (const auto& doc : calib) {
       auto tokens = torch::tensor(doc, torch::kInt64).unsqueeze(0);
       auto pos = torch::arange(tokens.size(1)).unsqueeze(0);
-      auto xn = ol.attn_norm(original->embed(tokens));
+      auto h = original->embed(tokens);
+      auto w = h.square().mean(-1, true).add(1e-12).rsqrt();                             // (1, T, 1)
+      auto xn = ol.attn_norm(h);
       auto ctx_o = build_attention_context(c, rope_o, pos, {}, {}, 0);
       auto ctx_m = build_attention_context(fit.conversion.config, rope_m, pos, {}, {}, 0);
       auto o = ol.attn->head_outputs(xn, ctx_o, nullptr);                                // (1, H, T, d)
       auto cbar = ml.mla_attn->latent_context(xn, ctx_m);                                // (1, H, T, R)
       auto w_uv = ml.mla_attn->wkv_b->weight.view({H, 2 * d, -1}).narrow(1, d, d);       // (H, d, R)
       auto approx = torch::einsum("bhtr,hvr->bhtv", {cbar, w_uv});
-      err += (approx - o).to(torch::kFloat64).square().sum().item<double>();
-      total += o.to(torch::kFloat64).square().sum().item<double>();
+      auto wh = w.unsqueeze(1);                                                          // (1, 1, T, 1)
+      err += ((approx - o) * wh).to(torch::kFloat64).square().sum().item<double>();
+      total += (o * wh).to(torch::kFloat64).square().sum().item<double>();
       auto y = ol.attn->forward(xn, ctx_o, nullptr);                                     // (1, T, D)
-      out_err += (ml.mla_attn->forward(xn, ctx_m, nullptr) - y).to(torch::kFloat64).square().sum().item<double>();
-      out_total += y.to(torch::kFloat64).square().sum().item<double>();
+      out_err += ((ml.mla_attn->forward(xn, ctx_m, nullptr) - y) * w).to(torch::kFloat64).square().sum().item<double>();
+      out_total += (y * w).to(torch::kFloat64).square().sum().item<double>();
     }
     return std::make_pair(err / total, out_err / out_total);
   };
@@ -201,15 +205,15 @@ TEST(ConvertStream, ValueRefitLowersTheCalibrationOutputError) {
   EXPECT_NEAR(after.second, l0.output_error_after, 1e-4);
   EXPECT_LT(after.second, 0.9 * before.second);
 
-  // The drift target (ConvertOptions::refit_drift, default): layer 0 sees no drift yet, so its o_proj problem
-  // is the same as with the layer target; later layers aim at the original residual stream instead.
+  // The drift target (ConvertOptions::refit_drift): layer 0 sees no drift yet, so its o_proj problem is the
+  // same as with the layer target; later layers aim at the original residual stream instead.
   po.convert.refit_values = po.convert.refit_output = true;
-  po.convert.refit_drift = false;
-  PipelineResult layer_target = convert_streaming(c, WeightReader(src.weights, "tiny"), calib, {}, po);
-  EXPECT_NEAR(layer_target.conversion.layers[0].output_error_after, l0.output_error_after, 1e-9);
-  EXPECT_GT(std::abs(layer_target.conversion.layers[1].output_error_before - fit.conversion.layers[1].output_error_before),
-            1e-3);
   po.convert.refit_drift = true;
+  PipelineResult drift = convert_streaming(c, WeightReader(src.weights, "tiny"), calib, {}, po);
+  EXPECT_NEAR(drift.conversion.layers[0].output_error_after, l0.output_error_after, 1e-9);
+  EXPECT_GT(std::abs(drift.conversion.layers[1].output_error_before - fit.conversion.layers[1].output_error_before), 1e-3);
+  for (const LayerReport& l : drift.conversion.layers) EXPECT_LT(l.output_error_after, l.output_error_before);
+  po.convert.refit_drift = false;
 
   // Full rank: no refit, the conversion stays the exact partial-RoPE model.
   po.convert.refit_values = true;
