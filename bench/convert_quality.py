@@ -37,7 +37,48 @@ CACHE = pathlib.Path(os.environ.get("MLAFORGE_BENCH_CACHE", pathlib.Path.home() 
 # Last TransMLA figures this bench recorded (the README table), printed when no checkout is given.
 RECORDED = {
     "recorded": "2026-11-24, 2-core EPYC VM, TransMLA 9c0d254 + transformers 4.52.4",
-    "rows": {},  # filled from the README table after a run with --transmla
+    "rows": {
+        "stories260K 4+16": {
+                "ppl_original": 4.1844,
+                "freqfold": 2,
+                "ppl_partial": 57.9908,
+                "ppl_after": 67.3901,
+                "seconds": 14.4818,
+                "rss_gb": 0.8483
+        },
+        "stories260K 8+16": {
+                "ppl_original": 4.1844,
+                "freqfold": 1,
+                "ppl_partial": 5.8364,
+                "ppl_after": 11.2523,
+                "seconds": 9.7054,
+                "rss_gb": 0.832
+        },
+        "stories260K 8+24": {
+                "ppl_original": 4.1844,
+                "freqfold": 1,
+                "ppl_partial": 5.8364,
+                "ppl_after": 7.9954,
+                "seconds": 9.8702,
+                "rss_gb": 0.8328
+        },
+        "SmolLM2-135M 64+128": {
+                "ppl_original": 20.4658,
+                "freqfold": 2,
+                "ppl_partial": 21.8577,
+                "ppl_after": 25.8799,
+                "seconds": 444.9074,
+                "rss_gb": 2.9221
+        },
+        "SmolLM2-135M 64+64": {
+                "ppl_original": 20.4658,
+                "freqfold": 2,
+                "ppl_partial": 21.8577,
+                "ppl_after": 41.2872,
+                "seconds": 59.9094,
+                "rss_gb": 2.9528
+        }
+    },
 }
 
 # Models and budgets (r, R) of the issue, calibration and evaluation slices of the TinyStories text.
